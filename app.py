@@ -1,0 +1,65 @@
+"""Context Lab: see and measure how language models use their context.
+
+`python app.py` serves the web UI (the Hugging Face Space entry point); `python app.py SUBCOMMAND`
+runs the same engines headless and prints JSON (`python app.py --help`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def build_ui(store):
+    """Assemble the tabs around the shared configuration panel."""
+    import gradio as gr
+
+    from components import model_panel, probe
+
+    with gr.Blocks(title="Context Lab") as demo:
+        gr.Markdown("# Context Lab\nSee and measure how language models use, and fail to use, their context.",
+                    elem_classes="lab-header")
+        session = gr.State(None)
+        config = model_panel.build()
+        with gr.Tabs():
+            probe.build(config, store, session)
+    return demo
+
+
+def preload_default_model() -> None:
+    """Load the embedded model in the background so the first probe does not wait for it."""
+    from engines.models import MANAGER, ModelError, console_progress
+    from engines.specs import ModelSpec
+
+    try:
+        MANAGER.get(ModelSpec(), console_progress)
+    except ModelError as exc:
+        print(f"[context-lab] the embedded model could not be loaded: {exc}", file=sys.stderr)
+
+
+def serve() -> None:
+    from storage.db import Store
+
+    demo = build_ui(Store())
+    if os.environ.get("CONTEXT_LAB_PRELOAD", "1") != "0":
+        threading.Thread(target=preload_default_model, name="preload", daemon=True).start()
+    demo.queue(default_concurrency_limit=4).launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        css_paths=[ASSETS / "style.css"], footer_links=["api", "settings"])
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        serve()
+        return 0
+    from components.cli import run
+
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,69 @@
+"""Probe tab: a context and a question, the answer streamed token by token, with timings."""
+from __future__ import annotations
+
+import gradio as gr
+
+from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model
+from components.run_log import log_generation
+from engines.generation import GenerationResult, format_prompt, run_stream
+from engines.models import MANAGER
+from storage.db import StorageError, Store
+
+EXAMPLE_CONTEXT = "The capital of France is Paris."
+EXAMPLE_QUESTION = "What is the capital of France? Answer with one word."
+
+
+def stats_of(result: GenerationResult | None, answer_tokens: int = 0, run_id: str | None = None) -> dict:
+    if result is None:
+        return {"new_tokens": answer_tokens, "status": "generating"}
+    return {"prompt_tokens": result.prompt_tokens, "new_tokens": result.new_tokens,
+            "time_to_first_token_s": result.ttft, "tokens_per_second": result.tokens_per_second,
+            "seconds": result.seconds, "finish": result.finish, "run_id": run_id}
+
+
+def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
+    with gr.Tab("Probe", id="probe"):
+        gr.Markdown("Give a context and a question. The prompt is formatted with the model's chat "
+                    "template (unless switched off) and the answer streams with greedy decoding.")
+        with gr.Row():
+            with gr.Column(scale=3):
+                context = gr.Textbox(EXAMPLE_CONTEXT, lines=8, max_lines=20, label="Context")
+                question = gr.Textbox(EXAMPLE_QUESTION, label="Question")
+                with gr.Row():
+                    run = gr.Button("Run probe", variant="primary")
+                    stop = gr.Button("Cancel", variant="stop")
+            with gr.Column(scale=2):
+                answer = gr.Textbox(label="Answer", lines=4, interactive=False)
+                stats = gr.JSON(label="Prompt tokens, time to first token, tokens per second")
+        with gr.Accordion("Prompt: the exact text fed to the model", open=False):
+            prompt_box = gr.Textbox(lines=10, max_lines=30, interactive=False, show_label=False)
+
+    def probe(context_text, question_text, session_id, model, quant, quant_4bit_type, dtype, chat_template,
+              max_new_tokens, progress=gr.Progress()):
+        run_config = config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens)
+        if not question_text or not question_text.strip():
+            raise gr.Error("Enter a question: the probe needs something to ask about the context.")
+        loaded = loaded_model(run_config, progress)
+        prompt = format_prompt(loaded.tokenizer, context_text or "", question_text.strip(), run_config.chat_template)
+        text = ""
+        events = MANAGER.stream(run_config.model, lambda model, should_stop: run_stream(
+            model, prompt, run_config.max_new_tokens, should_stop))
+        for item in events:
+            if isinstance(item, GenerationResult):
+                break
+            text += item.text
+            yield {answer: text, stats: stats_of(None, item.index + 1), prompt_box: prompt}
+        session_id = session_id or (store.new_session() if store else "")
+        try:
+            run_id = log_generation(store, session_id, "probe", run_config, loaded,
+                                    {"context": context_text, "question": question_text}, item)
+        except StorageError as exc:
+            gr.Warning(str(exc))
+            run_id = None
+        yield {answer: item.text, stats: stats_of(item, run_id=run_id), prompt_box: prompt,
+               session: session_id, config.status: describe_loaded()}
+
+    event = run.click(probe, [context, question, session, *config.all()],
+                      [answer, stats, prompt_box, session, config.status],
+                      api_name="probe", concurrency_id="model")
+    stop.click(None, cancels=[event], api_name=False)

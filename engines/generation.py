@@ -1,0 +1,159 @@
+"""Prompt formatting and token-by-token decoding that yields structured per-token events.
+
+No UI here: callers turn `TokenEvent`s into text, tables and plots.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from engines.models import LoadedModel
+
+TOP_ALTERNATIVES = 5
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token: its text, probability, the top alternatives and the time so far."""
+
+    index: int
+    token_id: int
+    text: str
+    prob: float
+    top: tuple[tuple[str, float], ...]
+    entropy: float
+    elapsed: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A finished generation with the exact prompt text that was fed to the model."""
+
+    text: str
+    prompt: str
+    prompt_tokens: int
+    new_tokens: int
+    seconds: float
+    ttft: float
+    tokens_per_second: float
+    finish: str  # "eos", "length" or "cancelled"
+    tokens: tuple[TokenEvent, ...] = field(default=(), repr=False)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["tokens"] = [event.to_dict() for event in self.tokens]
+        return data
+
+
+def format_prompt(tokenizer, context: str, question: str, chat_template: bool = True,
+                  answer_prefix: str = "") -> str:
+    """The exact text fed to the model: context, a blank line, the question.
+
+    With the chat template it is one user turn and `answer_prefix` opens the assistant turn;
+    without it the raw text ends in a newline and then the prefix.
+    """
+    user = f"{context}\n\n{question}" if context else question
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": user}],
+                                             add_generation_prompt=True, tokenize=False)
+    else:
+        text = user + "\n"
+    return text + answer_prefix
+
+
+def encode(tokenizer, text: str) -> torch.Tensor:
+    """Token ids [1, seq] of a full prompt; special tokens come only from the template text."""
+    return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+
+
+def _eos_ids(loaded: LoadedModel) -> set[int]:
+    ids = loaded.model.generation_config.eos_token_id
+    ids = ids if isinstance(ids, list) else [ids]
+    return {i for i in ids + [loaded.tokenizer.eos_token_id] if i is not None}
+
+
+def event_from_logits(tokenizer, logits: torch.Tensor, token_id: int, index: int, text: str,
+                      started: float) -> TokenEvent:
+    """Build the event for `token_id` chosen from `logits` [vocab]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    probs = logp.exp()
+    top = torch.topk(probs, TOP_ALTERNATIVES)
+    entropy = float(-(probs * logp).nan_to_num().sum())
+    alternatives = tuple((tokenizer.decode([int(i)]), round(float(p), 6))
+                         for p, i in zip(top.values, top.indices))
+    return TokenEvent(index, token_id, text, float(probs[token_id]), alternatives, entropy,
+                      time.perf_counter() - started)
+
+
+class TextDelta:
+    """Turns a growing list of token ids into the new text each token adds (UTF-8 safe)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.emitted = tokenizer, [], ""
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
+            return ""
+        delta, self.emitted = text[len(self.emitted):], text
+        return delta
+
+
+@torch.inference_mode()
+def stream_greedy(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: int,
+                  should_stop: Callable[[], bool] = lambda: False) -> Iterator[TokenEvent]:
+    """Greedy decoding with a KV cache, one event per new token; stops at EOS or the budget."""
+    from transformers import DynamicCache
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    eos, delta, cache = _eos_ids(loaded), TextDelta(tokenizer), DynamicCache()
+    started = time.perf_counter()
+    next_input = input_ids.to(loaded.device)
+    for index in range(max_new_tokens):
+        if should_stop():
+            return
+        logits = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+        token_id = int(logits.argmax())
+        if token_id in eos:
+            return
+        yield event_from_logits(tokenizer, logits, token_id, index, delta.add(token_id), started)
+        next_input = torch.tensor([[token_id]], device=loaded.device)
+
+
+def run_stream(loaded: LoadedModel, prompt: str, max_new_tokens: int,
+               should_stop: Callable[[], bool] = lambda: False) -> Iterator[TokenEvent | GenerationResult]:
+    """Greedy decoding of `prompt`: yields each TokenEvent, then the GenerationResult last."""
+    input_ids = encode(loaded.tokenizer, prompt)
+    started = time.perf_counter()
+    events: list[TokenEvent] = []
+    for event in stream_greedy(loaded, input_ids, max_new_tokens, should_stop):
+        events.append(event)
+        yield event
+    yield summarize(prompt, input_ids.shape[1], events, time.perf_counter() - started,
+                    max_new_tokens, should_stop())
+
+
+def generate(loaded: LoadedModel, prompt: str, max_new_tokens: int,
+             should_stop: Callable[[], bool] = lambda: False) -> GenerationResult:
+    """Greedy decoding of `prompt` to the end."""
+    *_, result = run_stream(loaded, prompt, max_new_tokens, should_stop)
+    return result
+
+
+def summarize(prompt: str, prompt_tokens: int, events: list[TokenEvent], seconds: float,
+              max_new_tokens: int, cancelled: bool) -> GenerationResult:
+    ttft = events[0].elapsed if events else seconds
+    decode_seconds = seconds - ttft
+    rate = (len(events) - 1) / decode_seconds if len(events) > 1 and decode_seconds > 0 else 0.0
+    finish = "cancelled" if cancelled else ("length" if len(events) >= max_new_tokens else "eos")
+    return GenerationResult("".join(e.text for e in events).strip(), prompt, prompt_tokens,
+                            len(events), round(seconds, 4), round(ttft, 4),
+                            round(rate, 2) if math.isfinite(rate) else 0.0, finish, tuple(events))

@@ -1,0 +1,211 @@
+"""The run log: SQLAlchemy 2.0 typed mappings over SQLite (default) or any SQLAlchemy URL.
+
+Schema changes are numbered migrations applied in order and recorded in `schema_migrations`;
+the mapped classes below describe the schema the last migration leaves.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
+                        create_engine, event, inspect, select, text)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from engines.paths import lab_home
+
+
+class StorageError(RuntimeError):
+    """The run log cannot be read or written; the message says what to change."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaMigration(Base):
+    __tablename__ = "schema_migrations"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    applied_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class LabSession(Base):
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class StoredContext(Base):
+    """A long prompt stored once, keyed by the sha256 of its text."""
+
+    __tablename__ = "contexts"
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    chars: Mapped[int] = mapped_column(Integer)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(40), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    model: Mapped[str] = mapped_column(String(400), index=True)
+    task: Mapped[str | None] = mapped_column(String(100), index=True)
+    score: Mapped[float | None] = mapped_column(Float)
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    prompt_hash: Mapped[str | None] = mapped_column(ForeignKey("contexts.hash"))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    environment: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "sessions, contexts and runs", [
+        "CREATE TABLE sessions (id VARCHAR(32) PRIMARY KEY, name VARCHAR(200) NOT NULL, "
+        "created_at TIMESTAMP NOT NULL)",
+        "CREATE TABLE contexts (hash VARCHAR(64) PRIMARY KEY, text TEXT NOT NULL, chars INTEGER NOT NULL)",
+        "CREATE TABLE runs (id VARCHAR(32) PRIMARY KEY, "
+        "session_id VARCHAR(32) NOT NULL REFERENCES sessions(id), kind VARCHAR(40) NOT NULL, "
+        "created_at TIMESTAMP NOT NULL, model VARCHAR(400) NOT NULL, task VARCHAR(100), "
+        "score FLOAT, correct BOOLEAN, seconds FLOAT, prompt_hash VARCHAR(64) REFERENCES contexts(hash), "
+        "config JSON NOT NULL, inputs JSON NOT NULL, outputs JSON NOT NULL, environment JSON NOT NULL)",
+        "CREATE INDEX ix_runs_session_id ON runs (session_id)",
+        "CREATE INDEX ix_runs_kind ON runs (kind)",
+        "CREATE INDEX ix_runs_created_at ON runs (created_at)",
+        "CREATE INDEX ix_runs_model ON runs (model)",
+        "CREATE INDEX ix_runs_task ON runs (task)",
+    ]),
+]
+
+
+def data_dir() -> Path:
+    """CONTEXT_LAB_DATA, else /data (a Space's persistent storage) when it exists, else the lab home."""
+    if os.environ.get("CONTEXT_LAB_DATA"):
+        return Path(os.environ["CONTEXT_LAB_DATA"]).expanduser()
+    if Path("/data").is_dir() and os.access("/data", os.W_OK):
+        return Path("/data/context-lab")
+    return lab_home() / "data"
+
+
+def database_url() -> str:
+    return os.environ.get("CONTEXT_LAB_DATABASE_URL") or f"sqlite:///{data_dir() / 'lab.sqlite'}"
+
+
+def logging_enabled() -> bool:
+    return os.environ.get("CONTEXT_LAB_LOGGING", "1").lower() not in ("0", "false", "off", "no")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Store:
+    """Sessions and runs in one database. Thread-safe: every call opens its own ORM session."""
+
+    def __init__(self, url: str | None = None):
+        self.url = url or database_url()
+        if self.url.startswith("sqlite:///"):
+            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(self.url, connect_args={"timeout": 30} if self.url.startswith("sqlite") else {})
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._migrate_lock = threading.Lock()
+        self.migrate()
+
+    def migrate(self) -> list[int]:
+        """Apply the migrations not yet recorded; returns the versions applied now."""
+        applied_now = []
+        with self._migrate_lock, self.engine.begin() as conn:
+            if not inspect(conn).has_table("schema_migrations"):
+                conn.execute(text("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                                  "name VARCHAR(200) NOT NULL, applied_at TIMESTAMP NOT NULL)"))
+            done = set(conn.execute(text("SELECT version FROM schema_migrations")).scalars())
+            for version, name, statements in MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in statements:
+                    conn.execute(text(statement))
+                conn.execute(text("INSERT INTO schema_migrations (version, name, applied_at) "
+                                  "VALUES (:v, :n, :t)"), {"v": version, "n": name, "t": _now()})
+                applied_now.append(version)
+        return applied_now
+
+    def schema_version(self) -> int:
+        with self._sessions() as db:
+            return max(db.scalars(select(SchemaMigration.version)).all(), default=0)
+
+    def new_session(self, name: str = "") -> str:
+        session_id = new_id()
+        with self._sessions.begin() as db:
+            db.add(LabSession(id=session_id, name=name or f"Session {_now():%Y-%m-%d %H:%M}",
+                              created_at=_now()))
+        return session_id
+
+    def _store_context(self, db: Session, prompt: str) -> str:
+        digest = hashlib.sha256(prompt.encode()).hexdigest()
+        if db.get(StoredContext, digest) is None:
+            db.add(StoredContext(hash=digest, text=prompt, chars=len(prompt)))
+            db.flush()
+        return digest
+
+    def log_run(self, session_id: str, kind: str, config: dict, inputs: dict, outputs: dict,
+                environment: dict, *, prompt: str | None = None, task: str | None = None,
+                score: float | None = None, correct: bool | None = None,
+                seconds: float | None = None) -> str:
+        """Write one run; the prompt text goes to `contexts` once per distinct text."""
+        run_id = new_id()
+        with self._sessions.begin() as db:
+            if db.get(LabSession, session_id) is None:
+                db.add(LabSession(id=session_id, name=f"Session {_now():%Y-%m-%d %H:%M}", created_at=_now()))
+                db.flush()
+            prompt_hash = self._store_context(db, prompt) if prompt is not None else None
+            db.add(Run(id=run_id, session_id=session_id, kind=kind, created_at=_now(),
+                       model=config.get("model", {}).get("model", ""), task=task, score=score,
+                       correct=correct, seconds=seconds, prompt_hash=prompt_hash, config=config,
+                       inputs=inputs, outputs=outputs, environment=environment))
+        return run_id
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self._sessions() as db:
+            run = db.get(Run, run_id)
+            if run is None:
+                return None
+            prompt = db.get(StoredContext, run.prompt_hash).text if run.prompt_hash else None
+            return _run_dict(run) | {"prompt": prompt}
+
+    def list_runs(self, session_id: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        query = select(Run).order_by(Run.created_at.desc()).limit(limit)
+        if session_id:
+            query = query.where(Run.session_id == session_id)
+        with self._sessions() as db:
+            return [_run_dict(run) for run in db.scalars(query)]
+
+
+def _run_dict(run: Run) -> dict[str, Any]:
+    return {"id": run.id, "session_id": run.session_id, "kind": run.kind,
+            "created_at": run.created_at.isoformat(timespec="seconds"), "model": run.model,
+            "task": run.task, "score": run.score, "correct": run.correct, "seconds": run.seconds,
+            "prompt_hash": run.prompt_hash, "config": run.config, "inputs": run.inputs,
+            "outputs": run.outputs, "environment": run.environment}
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

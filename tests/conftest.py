@@ -1,0 +1,52 @@
+"""Shared fixtures: a private data directory per test, and the real embedded model once per run."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(autouse=True)
+def private_data_dir(tmp_path, monkeypatch):
+    """Every test logs into its own SQLite file; the model cache (CONTEXT_LAB_HOME) is shared."""
+    monkeypatch.setenv("CONTEXT_LAB_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("CONTEXT_LAB_DATABASE_URL", raising=False)
+    monkeypatch.delenv("CONTEXT_LAB_LOGGING", raising=False)
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The embedded SmolLM2 model in the auto dtype, loaded through the lab's own manager."""
+    from engines.models import MANAGER
+    from engines.specs import ModelSpec
+
+    return MANAGER.get(ModelSpec())
+
+
+@pytest.fixture(scope="module")
+def served_app(tmp_path_factory):
+    """The lab's UI served in-process on a free 127.0.0.1 port, logging to its own SQLite file.
+
+    Yields (url, store).
+    """
+    import socket
+
+    from app import ASSETS, build_ui
+    from storage.db import Store
+
+    store = Store(f"sqlite:///{tmp_path_factory.mktemp('served') / 'lab.sqlite'}")
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        port = probe_socket.getsockname()[1]
+    demo = build_ui(store).queue(default_concurrency_limit=4)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                css_paths=[ASSETS / "style.css"])
+    try:
+        yield f"http://127.0.0.1:{port}/", store
+    finally:
+        demo.close()

@@ -1,0 +1,32 @@
+"""The app served in-process and driven through gradio_client, like a script user would."""
+import pytest
+from gradio_client import Client
+
+pytestmark = pytest.mark.model
+
+CONFIG = {"model": "smollm2-135m-instruct", "quant": "none", "quant_4bit_type": "nf4", "dtype": "auto",
+          "chat_template": True, "max_new_tokens": 32}
+
+
+def test_probe_through_gradio_client_answers_and_logs(served_app):
+    url, store = served_app
+    client = Client(url, verbose=False)
+    answer, stats, prompt, status = client.predict(
+        "The capital of France is Paris.", "What is the capital of France?", *CONFIG.values(), api_name="/probe")
+    assert "Paris" in answer
+    assert stats["prompt_tokens"] > 10 and stats["time_to_first_token_s"] > 0 and stats["tokens_per_second"] > 0
+    assert "What is the capital of France?" in prompt and "smollm2-135m-instruct" in status
+    run = store.get_run(stats["run_id"])
+    assert run["kind"] == "probe" and run["outputs"]["text"] == answer and run["prompt"] == prompt
+    assert run["config"]["model"]["model"] == "smollm2-135m-instruct"
+
+
+def test_bad_settings_come_back_as_a_sentence(served_app):
+    url, _ = served_app
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="Enter a question"):
+        client.predict("ctx", "  ", *CONFIG.values(), api_name="/probe")
+    with pytest.raises(Exception, match="Max new tokens|less than minimum value 1"):
+        client.predict("ctx", "q", *{**CONFIG, "max_new_tokens": 0}.values(), api_name="/probe")
+    with pytest.raises(Exception, match="Could not fetch the model"):
+        client.predict("ctx", "q", *{**CONFIG, "model": "someone/unreachable"}.values(), api_name="/probe")
