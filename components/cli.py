@@ -6,13 +6,17 @@ import json
 import sys
 from typing import Any, Callable
 
-from components.run_log import log_generation
+from components.run_log import log_generation, log_probe
 from engines.generation import format_prompt, generate
+from engines.haystack import SOURCES, HaystackError, read_upload
 from engines.models import MANAGER, ModelError, console_progress
+from engines.probes import SCORE_MODES, max_prompt_tokens, run_probe
+from engines.scoring import SCORERS
 from engines.specs import DTYPES, QUANT_4BIT_TYPES, QUANTS, ModelSpec, RunConfig, SpecError
+from engines.tasks import ProbeSpec, build_probe, get_task, load_tasks
 from storage.db import StorageError, Store
 
-USER_ERRORS = (SpecError, ModelError, StorageError)
+USER_ERRORS = (SpecError, ModelError, StorageError, HaystackError)
 
 
 class LabArgumentParser(argparse.ArgumentParser):
@@ -20,6 +24,12 @@ class LabArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise SystemExit(_fail(f"{self.prog}: {message}"))
+
+
+def first_use_progress(fraction: float, message: str) -> None:
+    """Console progress for the slow first-use steps (download, conversion) only."""
+    if fraction < 0.9:
+        console_progress(fraction, message)
 
 
 def _fail(message: str) -> int:
@@ -36,26 +46,43 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help="auto = bf16 on CPUs with AMX/AVX512-BF16 (and on GPUs), else fp32")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--no-chat-template", action="store_true", help="feed the raw text")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, help="default: 32, or the task preset's budget")
     parser.add_argument("--session", help="log into this session id (default: a new session)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
+def config_from_args(args: argparse.Namespace, default_new_tokens: int) -> RunConfig:
     spec = ModelSpec(model=args.model, quant=args.quant, quant_4bit_type=args.quant_4bit_type,
                      dtype=args.dtype, device=args.device)
-    return RunConfig(model=spec, chat_template=not args.no_chat_template, max_new_tokens=args.max_new_tokens)
+    new_tokens = default_new_tokens if args.max_new_tokens is None else args.max_new_tokens
+    return RunConfig(model=spec, chat_template=not args.no_chat_template, max_new_tokens=new_tokens)
 
 
 def _store() -> Store:
     return Store()
 
 
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """key=value pairs; values that read as JSON (numbers, true, lists) are taken as such."""
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--param '{pair}' is not key=value; write e.g. --param num_hops=3.")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
+
+
 def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
-    if not args.question.strip():
-        raise SpecError("--question is empty: give the question to ask about the context.")
-    config = config_from_args(args)
-    loaded = MANAGER.get(config.model, console_progress)
+    if args.task:
+        return probe_task(args)
+    if args.question is None or not args.question.strip():
+        raise SpecError("--question is empty: give the question to ask about the context (or use --task).")
+    config = config_from_args(args, default_new_tokens=32)
+    loaded = MANAGER.get(config.model, first_use_progress)
     prompt = format_prompt(loaded.tokenizer, args.context, args.question, config.chat_template)
     result = generate(loaded, prompt, config.max_new_tokens)
     store = _store()
@@ -68,7 +95,29 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
             "finish": result.finish, "run_id": run_id}
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"probe": cmd_probe}
+def probe_task(args: argparse.Namespace) -> dict[str, Any]:
+    spec = ProbeSpec(task=args.task, length=args.length, depth=args.depth, seed=args.seed,
+                     haystack=args.haystack, params=parse_params(args.param))
+    task = get_task(spec.task)
+    upload_text = read_upload(args.upload) if args.upload else None
+    config = config_from_args(args, default_new_tokens=task.max_new_tokens)
+    loaded = MANAGER.get(config.model, first_use_progress)
+    instance = build_probe(loaded.tokenizer, spec, config.chat_template, upload_text, max_prompt_tokens(loaded))
+    *_, outcome = run_probe(loaded, instance, args.score, config.max_new_tokens)
+    store = _store()
+    run_id = log_probe(store, args.session or store.new_session("CLI"), config, loaded, outcome)
+    return outcome.summary() | {"prompt": instance.prompt, "model": config.model.model,
+                                "dtype": loaded.dtype_name, "quant": config.model.quant, "run_id": run_id}
+
+
+def cmd_tasks(args: argparse.Namespace) -> dict[str, Any]:
+    return {"tasks": [{"name": t.name, "description": t.description, "haystack": t.haystack,
+                       "scorer": t.scorer, "max_new_tokens": t.max_new_tokens, "params": t.params}
+                      for t in load_tasks().values()],
+            "haystacks": [*SOURCES, "upload"], "scorers": list(SCORERS), "score_modes": list(SCORE_MODES)}
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"probe": cmd_probe, "tasks": cmd_tasks}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,15 +126,29 @@ def build_parser() -> argparse.ArgumentParser:
         "GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860).")
     commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}",
                                      parser_class=LabArgumentParser)
-    probe = commands.add_parser("probe", help="ask a question about a context; print the answer")
-    probe.add_argument("--context", default="", help="the context text")
-    probe.add_argument("--question", required=True, help="the question")
+    probe = commands.add_parser("probe", help="ask a question about a context, or run a task preset")
+    probe.add_argument("--context", default="", help="the context text (free probe)")
+    probe.add_argument("--question", help="the question (free probe)")
+    probe.add_argument("--task", help="a task preset (python app.py tasks lists them)")
+    probe.add_argument("--length", type=int, default=1000, help="target prompt length in tokens (task)")
+    probe.add_argument("--depth", type=float, default=50.0, help="needle depth in percent, 0..100 (task)")
+    probe.add_argument("--seed", type=int, default=1)
+    probe.add_argument("--score", choices=SCORE_MODES, default="generate",
+                       help="generate an answer, or score the gold answer's log-probability")
+    probe.add_argument("--haystack", help="override the task's haystack source")
+    probe.add_argument("--upload", help="a .txt or .md file as the haystack (with --haystack upload)")
+    probe.add_argument("--param", action="append", default=[], help="builder setting key=value (repeatable)")
     add_config_flags(probe)
+    tasks = commands.add_parser("tasks", help="list the task presets, haystacks and scorers")
+    tasks.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
     try:
         output = COMMANDS[args.command](args)
     except USER_ERRORS as exc:

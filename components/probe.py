@@ -30,7 +30,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 context = gr.Textbox(EXAMPLE_CONTEXT, lines=8, max_lines=20, label="Context")
                 question = gr.Textbox(EXAMPLE_QUESTION, label="Question")
                 with gr.Row():
-                    run = gr.Button("Run probe", variant="primary")
+                    run = gr.Button("Run probe", variant="primary", elem_id="probe-run")
                     stop = gr.Button("Cancel", variant="stop")
             with gr.Column(scale=2):
                 answer = gr.Textbox(label="Answer", lines=4, interactive=False)

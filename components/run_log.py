@@ -5,6 +5,7 @@ import logging
 
 from engines.generation import GenerationResult
 from engines.models import LoadedModel
+from engines.probes import ProbeOutcome
 from engines.specs import RunConfig
 from storage.db import Store, StorageError, logging_enabled
 
@@ -12,22 +13,37 @@ log = logging.getLogger("context_lab")
 
 
 def log_generation(store: Store | None, session_id: str, kind: str, config: RunConfig,
-                   loaded: LoadedModel, inputs: dict, result: GenerationResult, *,
-                   task: str | None = None, score: float | None = None,
-                   correct: bool | None = None, extra: dict | None = None) -> str | None:
-    """Log one generation run; returns its id, or None when logging is off.
+                   loaded: LoadedModel, inputs: dict, result: GenerationResult) -> str | None:
+    """Log one free generation run; returns its id, or None when logging is off."""
+    outputs = result.to_dict()
+    prompt = outputs.pop("prompt")
+    return _write(store, session_id, kind, config, loaded, inputs, outputs, prompt, seconds=result.seconds)
 
-    A database that cannot be written raises StorageError with a sentence saying what to change;
-    the result itself is never lost to the caller.
+
+def log_probe(store: Store | None, session_id: str, config: RunConfig, loaded: LoadedModel,
+              outcome: ProbeOutcome, kind: str = "probe") -> str | None:
+    """Log a task probe: its spec (enough to rebuild the prompt), answer, score and timings."""
+    summary = outcome.summary()
+    outputs = summary | {"generation": outcome.generation.to_dict() if outcome.generation else None,
+                         "logprob_result": outcome.logprob.to_dict() if outcome.logprob else None}
+    if outputs["generation"]:
+        outputs["generation"].pop("prompt")
+    inputs = {"probe": outcome.instance.spec.to_dict(), "mode": outcome.mode}
+    return _write(store, session_id, kind, config, loaded, inputs, outputs, outcome.instance.prompt,
+                  task=outcome.instance.task, score=outcome.score.score, correct=outcome.score.correct,
+                  seconds=summary.get("seconds"))
+
+
+def _write(store: Store | None, session_id: str, kind: str, config: RunConfig, loaded: LoadedModel,
+           inputs: dict, outputs: dict, prompt: str, **columns) -> str | None:
+    """Write one run. A database that cannot be written raises StorageError with a sentence saying
+    what to change; the caller still has the result and shows it.
     """
     if store is None or not logging_enabled():
         return None
-    outputs = result.to_dict() | (extra or {})
-    prompt = outputs.pop("prompt")
     try:
         return store.log_run(session_id, kind, config.to_dict(), inputs, outputs, loaded.provenance(),
-                             prompt=prompt, task=task, score=score, correct=correct,
-                             seconds=result.seconds)
+                             prompt=prompt, **columns)
     except Exception as exc:  # SQLAlchemy raises many kinds for a locked or read-only file
         log.warning("run not logged: %s", exc)
         raise StorageError(f"The run finished but could not be saved to {store.url} ({type(exc).__name__}): "

@@ -50,3 +50,13 @@ def served_app(tmp_path_factory):
         yield f"http://127.0.0.1:{port}/", store
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The embedded model's own tokenizer (fetches and converts the model on first use)."""
+    from transformers import AutoTokenizer
+
+    from engines.models import embedded_model_dir
+
+    return AutoTokenizer.from_pretrained(str(embedded_model_dir()))

@@ -1,0 +1,146 @@
+"""Haystack tab: choose a task preset or compose a probe, preview where the needles sit, run and score it."""
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+
+from components.figures import needle_strip
+from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model
+from components.run_log import log_probe
+from engines.haystack import SOURCES, HaystackError, read_upload
+from engines.models import MANAGER
+from engines.probes import SCORE_MODES, ProbeOutcome, max_prompt_tokens, run_probe
+from engines.tasks import ProbeSpec, build_probe, get_task, load_tasks
+from storage.db import StorageError, Store
+
+PRESET_HAYSTACK = "preset"
+PROMPT_PREVIEW_CHARS = 20000
+
+
+def task_help(name: str) -> tuple[str, str]:
+    task = get_task(name)
+    return (f"**{task.name}**: {task.description} Haystack: `{task.haystack}`, scorer: `{task.scorer}`, "
+            f"new-token budget {task.max_new_tokens}.", json.dumps(task.params, indent=1))
+
+
+def probe_spec(task, length, depth, seed, haystack, params_json) -> ProbeSpec:
+    try:
+        params = json.loads(params_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise gr.Error(f"Builder settings are not valid JSON ({exc.msg} at character {exc.pos}); "
+                       'write an object such as {"num_hops": 3}.') from exc
+    if not isinstance(params, dict):
+        raise gr.Error('Builder settings must be a JSON object such as {"num_hops": 3}.')
+    if length is None or int(length) != length or depth is None or seed is None or int(seed) != seed:
+        raise gr.Error("Length and seed must be whole numbers and depth a number from 0 to 100.")
+    try:
+        get_task(task)
+        return ProbeSpec(task=task, length=int(length), depth=float(depth), seed=int(seed),
+                         haystack=None if haystack == PRESET_HAYSTACK else haystack, params=params)
+    except HaystackError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def preview(instance) -> str:
+    text = instance.prompt
+    if len(text) > PROMPT_PREVIEW_CHARS:
+        half = PROMPT_PREVIEW_CHARS // 2
+        text = f"{text[:half]}\n\n[... {len(text) - 2 * half:,} characters not shown ...]\n\n{text[-half:]}"
+    return text
+
+
+def summary_of(instance) -> dict:
+    return {"prompt_tokens": instance.prompt_tokens, "prompt_chars": instance.prompt_chars,
+            "target_tokens": instance.spec.length, "depth": instance.spec.depth, "haystack": instance.haystack,
+            "expected": list(instance.expected), "question": instance.question,
+            "needle_token_spans": instance.needle_token_spans}
+
+
+def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
+    names = list(load_tasks())
+    with gr.Tab("Haystack", id="haystack"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                task = gr.Dropdown(names, value="passkey", label="Task preset")
+                help_text = gr.Markdown(task_help("passkey")[0])
+                with gr.Row():
+                    length = gr.Number(1000, precision=0, label="Target length (prompt tokens)")
+                    depth = gr.Slider(0, 100, value=50, step=1, label="Needle depth (%)")
+                    seed = gr.Number(1, precision=0, label="Seed")
+                with gr.Row():
+                    haystack = gr.Dropdown([PRESET_HAYSTACK, *SOURCES, "upload"], value=PRESET_HAYSTACK,
+                                           label="Haystack source")
+                    mode = gr.Radio(list(SCORE_MODES), value="generate", label="Scoring",
+                                    info="logprob: probability of the gold answer from one forward pass")
+                upload = gr.File(label="Your haystack (.txt or .md, up to 5 MB)", file_types=[".txt", ".md"],
+                                 type="filepath")
+                params = gr.Code(task_help("passkey")[1], language="json", lines=4,
+                                 label="Builder settings (JSON; for 'custom': needle, question, answer)")
+                with gr.Row():
+                    build_button = gr.Button("Build", elem_id="haystack-build")
+                    run_button = gr.Button("Run probe", variant="primary", elem_id="haystack-run")
+                    cancel = gr.Button("Cancel", variant="stop")
+            with gr.Column(scale=3):
+                strip = gr.Plot(label="Needle positions")
+                summary = gr.JSON(label="Prompt")
+                answer = gr.Textbox(label="Answer", lines=3, interactive=False)
+                score = gr.JSON(label="Score")
+        with gr.Accordion("Prompt text (long contexts shortened in the middle)", open=False):
+            prompt_box = gr.Textbox(lines=12, max_lines=30, interactive=False, show_label=False)
+
+    def make(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
+             model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, progress):
+        run_config = config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens)
+        spec = probe_spec(task_name, length_value, depth_value, seed_value, haystack_name, params_json)
+        loaded = loaded_model(run_config, progress)
+        try:
+            upload_text = read_upload(upload_path) if upload_path else None
+            instance = build_probe(loaded.tokenizer, spec, run_config.chat_template, upload_text,
+                                   max_prompt_tokens(loaded))
+        except HaystackError as exc:
+            raise gr.Error(str(exc)) from exc
+        return run_config, loaded, instance
+
+    def build_only(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
+                   model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, progress=gr.Progress()):
+        *_, instance = make(task_name, length_value, depth_value, seed_value, haystack_name, params_json,
+                            upload_path, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens,
+                            progress)
+        return {strip: needle_strip(list(instance.spans), instance.prompt_tokens), summary: summary_of(instance),
+                prompt_box: preview(instance)}
+
+    def run(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path, mode_name,
+            session_id, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, progress=gr.Progress()):
+        run_config, loaded, instance = make(
+            task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
+            model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, progress)
+        shown = {strip: needle_strip(list(instance.spans), instance.prompt_tokens), summary: summary_of(instance),
+                 prompt_box: preview(instance)}
+        yield shown | {answer: "", score: None}
+        text = ""
+        for item in MANAGER.stream(run_config.model, lambda model_, should_stop: run_probe(
+                model_, instance, mode_name, instance.max_new_tokens, should_stop)):
+            if isinstance(item, ProbeOutcome):
+                break
+            text += item.text
+            yield {answer: text}
+        session_id = session_id or (store.new_session() if store else "")
+        try:
+            run_id = log_probe(store, session_id, run_config, loaded, item)
+        except StorageError as exc:
+            gr.Warning(str(exc))
+            run_id = None
+        result = item.summary()
+        yield shown | {answer: item.answer, session: session_id, config.status: describe_loaded(),
+               score: {k: result[k] for k in ("correct", "score", "expected", "scorer", "score_details")}
+               | {"seconds": result.get("seconds"), "run_id": run_id}}
+
+    task.change(task_help, task, [help_text, params], api_name=False)
+    common = [task, length, depth, seed, haystack, params, upload]
+    build_button.click(build_only, [*common, *config.all()], [strip, summary, prompt_box],
+                       api_name="haystack_build", concurrency_id="model")
+    event = run_button.click(run, [*common, mode, session, *config.all()],
+                             [strip, summary, prompt_box, answer, score, session, config.status],
+                             api_name="haystack_run", concurrency_id="model")
+    cancel.click(None, cancels=[event], api_name=False)

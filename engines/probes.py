@@ -1,0 +1,126 @@
+"""Running a built probe: greedy generation or one-pass log-probability scoring, then the task's scorer."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import psutil
+import torch
+
+from engines.generation import GenerationResult, TokenEvent, encode, run_stream
+from engines.models import LoadedModel
+from engines.scoring import Score, score
+from engines.tasks import ProbeInstance
+
+SCORE_MODES = ("generate", "logprob")
+
+
+@dataclass(frozen=True)
+class LogprobResult:
+    """The gold continuation's probability under the model, from one forward pass."""
+
+    target: str
+    logprob: float
+    mean_logprob: float
+    prob: float
+    greedy_match: bool  # every gold token is the model's top choice
+    tokens: tuple[dict, ...]
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """A probe's answer (generated, or the gold target in logprob mode) and its score."""
+
+    instance: ProbeInstance
+    mode: str
+    answer: str
+    score: Score
+    generation: GenerationResult | None = None
+    logprob: LogprobResult | None = None
+
+    def summary(self) -> dict:
+        """The flat JSON the CLI prints and the UI shows."""
+        spec = self.instance.spec
+        out = {"task": self.instance.task, "length": spec.length, "depth": spec.depth, "seed": spec.seed,
+               "mode": self.mode, "answer": self.answer, "expected": list(self.instance.expected),
+               "correct": self.score.correct, "score": self.score.score, "score_details": self.score.details,
+               "scorer": "logprob" if self.mode == "logprob" else self.instance.scorer, "prompt_tokens": self.instance.prompt_tokens,
+               "prompt_chars": self.instance.prompt_chars, "haystack": self.instance.haystack,
+               "needle_token_spans": self.instance.needle_token_spans,
+               "spans": list(self.instance.spans)}
+        if self.generation is not None:
+            out |= {"seconds": self.generation.seconds, "time_to_first_token": self.generation.ttft,
+                    "tokens_per_second": self.generation.tokens_per_second, "finish": self.generation.finish}
+        if self.logprob is not None:
+            out |= {"seconds": self.logprob.seconds, "logprob": self.logprob.logprob,
+                    "mean_logprob": self.logprob.mean_logprob, "target": self.logprob.target}
+        return out
+
+
+def max_prompt_tokens(loaded: LoadedModel) -> int:
+    """The longest prompt this model and the free memory allow.
+
+    Four times the trained window (RoPE scaling can stretch it), and small enough that one layer's
+    fp32 attention scores (heads x L x L) take at most half of the available memory.
+    """
+    config = loaded.model.config
+    trained = getattr(config, "max_position_embeddings", 8192)
+    if loaded.device == "cuda":
+        free = torch.cuda.mem_get_info()[0]
+    else:
+        free = psutil.virtual_memory().available
+    by_memory = int(math.sqrt(free / 2 / (4 * config.num_attention_heads)))
+    return max(256, min(4 * trained, by_memory))
+
+
+@torch.inference_mode()
+def logprob_of(loaded: LoadedModel, prompt: str, target: str, lead: str = "") -> LogprobResult:
+    """log p(target | prompt + lead) with per-token probabilities and whether greedy would produce it.
+
+    `lead` is the answer's usual opening ("The pass key is"): it is fed but not scored, so the score
+    measures the answer itself, not the model's choice of how to start its reply.
+    """
+    started = time.perf_counter()
+    tokenizer = loaded.tokenizer
+    prompt_ids = encode(tokenizer, prompt)
+    continuation = tokenizer(lead + target, add_special_tokens=False, return_offsets_mapping=True)
+    scored = [i for i, (_, end) in enumerate(continuation["offset_mapping"]) if end > len(lead)]
+    continuation_ids = torch.tensor([continuation["input_ids"]])
+    ids = torch.cat([prompt_ids, continuation_ids], dim=1).to(loaded.device)
+    count = continuation_ids.shape[1]
+    logits = loaded.model(input_ids=ids, logits_to_keep=count + 1).logits[0, :-1].float()
+    logp = torch.log_softmax(logits, dim=-1)[scored]
+    gold = continuation_ids[0, scored].to(loaded.device)
+    chosen = logp.gather(1, gold[:, None])[:, 0]
+    top = logp.argmax(dim=-1)
+    tokens = tuple({"token": tokenizer.decode([int(t)]), "prob": round(float(p.exp()), 6),
+                    "top": tokenizer.decode([int(a)])} for t, p, a in zip(gold, chosen, top))
+    total = float(chosen.sum())
+    return LogprobResult(target, round(total, 5), round(total / len(scored), 5), math.exp(total),
+                         bool((top == gold).all()), tokens, round(time.perf_counter() - started, 4))
+
+
+def run_probe(loaded: LoadedModel, instance: ProbeInstance, mode: str = "generate",
+              max_new_tokens: int | None = None,
+              should_stop: Callable[[], bool] = lambda: False) -> Iterator[TokenEvent | ProbeOutcome]:
+    """Yields TokenEvents while generating (none in logprob mode), then the ProbeOutcome."""
+    if mode not in SCORE_MODES:
+        raise ValueError(f"Unknown scoring mode '{mode}'. Choose one of: {', '.join(SCORE_MODES)}.")
+    if mode == "logprob":
+        result = logprob_of(loaded, instance.prompt, instance.logprob_target, instance.logprob_lead)
+        outcome = Score(round(result.prob, 6), result.greedy_match,
+                        {"logprob": result.logprob, "mean_logprob": result.mean_logprob})
+        yield ProbeOutcome(instance, mode, result.target, outcome, logprob=result)
+        return
+    for item in run_stream(loaded, instance.prompt, max_new_tokens or instance.max_new_tokens, should_stop):
+        if isinstance(item, GenerationResult):
+            yield ProbeOutcome(instance, mode, item.text, score(instance.scorer, item.text, instance.expected, instance.question),
+                               generation=item)
+        else:
+            yield item
