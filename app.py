@@ -17,7 +17,7 @@ def build_ui(store):
     """Assemble the tabs around the shared configuration panel."""
     import gradio as gr
 
-    from components import haystack, model_panel, probe
+    from components import haystack, model_panel, probe, sweep
 
     with gr.Blocks(title="Context Lab") as demo:
         gr.Markdown("# Context Lab\nSee and measure how language models use, and fail to use, their context.",
@@ -27,6 +27,7 @@ def build_ui(store):
         with gr.Tabs():
             probe.build(config, store, session)
             haystack.build(config, store, session)
+            sweep.build(config, store, session)
     return demo
 
 

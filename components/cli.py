@@ -13,6 +13,8 @@ from engines.models import MANAGER, ModelError, console_progress
 from engines.probes import SCORE_MODES, max_prompt_tokens, run_probe
 from engines.scoring import SCORERS
 from engines.specs import DTYPES, QUANT_4BIT_TYPES, QUANTS, ModelSpec, RunConfig, SpecError
+from components.sweep_jobs import open_job, parse_list, run_job, sweep_summary
+from engines.sweeps import SweepSpec
 from engines.tasks import ProbeSpec, build_probe, get_task, load_tasks
 from storage.db import StorageError, Store
 
@@ -110,6 +112,51 @@ def probe_task(args: argparse.Namespace) -> dict[str, Any]:
                                 "dtype": loaded.dtype_name, "quant": config.model.quant, "run_id": run_id}
 
 
+def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    store = _store()
+    if args.resume:
+        jobs = [open_job(store, "", resume_id=args.resume)]
+    else:
+        if not args.task:
+            raise SpecError("sweep needs --task NAME (or --resume SWEEP_ID).")
+        spec = SweepSpec(args.task, parse_list(args.lengths, int, "--lengths"),
+                         parse_list(args.depths, float, "--depths"), parse_list(args.seeds, int, "--seeds"),
+                         args.score, args.haystack, parse_params(args.param))
+        upload_text = read_upload(args.upload) if args.upload else None
+        config = config_from_args(args, default_new_tokens=get_task(args.task).max_new_tokens)
+        session_id = args.session or store.new_session("CLI")
+        configs = [("A", config)] + ([("B", config_with(config, parse_params(args.b)))] if args.b else [])
+        jobs = [open_job(store, session_id, c, spec, upload_text=upload_text, label=f"{args.task} {name}")
+                for name, c in configs]
+    results = []
+    for job in jobs:
+        for row in run_job(job, store, first_use_progress):
+            if not args.json:
+                print(f"[{len(job.rows)}/{job.total}] {row['key']} correct={row['correct']} "
+                      f"score={row['score']:.3f}", file=sys.stderr)
+        summary = sweep_summary(job.rows, args.threshold)
+        results.append({"sweep_id": job.sweep_id, "status": job.status, "config": job.config.to_dict(),
+                        "cells": [{k: r[k] for k in ("length", "depth", "seed", "correct", "score", "prompt_tokens",
+                                                       "answer", "expected")} for r in summary["cells"]],
+                        "effective_length": summary["effective"]["effective_length"],
+                        "threshold": summary["effective"], "u_curve": summary["u_curve"]})
+    return results[0] if len(results) == 1 else {"a": results[0], "b": results[1]}
+
+
+def config_with(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """`config` with --b key=value overrides: model fields (model, quant, dtype, ...) or run fields."""
+    data = config.to_dict()
+    for key, value in overrides.items():
+        if key in data["model"]:
+            data["model"][key] = str(value) if key == "model" else value
+        elif key in data and key != "model":
+            data[key] = value
+        else:
+            raise SpecError(f"--b {key}=... is not a setting; use one of: "
+                            f"{', '.join([*data['model'], 'chat_template', 'max_new_tokens'])}.")
+    return RunConfig.from_dict(data)
+
+
 def cmd_tasks(args: argparse.Namespace) -> dict[str, Any]:
     return {"tasks": [{"name": t.name, "description": t.description, "haystack": t.haystack,
                        "scorer": t.scorer, "max_new_tokens": t.max_new_tokens, "params": t.params}
@@ -117,7 +164,8 @@ def cmd_tasks(args: argparse.Namespace) -> dict[str, Any]:
             "haystacks": [*SOURCES, "upload"], "scorers": list(SCORERS), "score_modes": list(SCORE_MODES)}
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"probe": cmd_probe, "tasks": cmd_tasks}
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"probe": cmd_probe, "sweep": cmd_sweep,
+                                                                   "tasks": cmd_tasks}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--upload", help="a .txt or .md file as the haystack (with --haystack upload)")
     probe.add_argument("--param", action="append", default=[], help="builder setting key=value (repeatable)")
     add_config_flags(probe)
+    sweep = commands.add_parser("sweep", help="run a task over lengths x depths x seeds; print every cell")
+    sweep.add_argument("--task", help="a task preset")
+    sweep.add_argument("--lengths", default="1000,2000,4000,8000", help="comma-separated prompt lengths")
+    sweep.add_argument("--depths", default="0,10,20,30,40,50,60,70,80,90,100", help="comma-separated depths")
+    sweep.add_argument("--seeds", default="1", help="comma-separated seeds")
+    sweep.add_argument("--score", choices=SCORE_MODES, default="generate")
+    sweep.add_argument("--haystack", help="override the task's haystack source")
+    sweep.add_argument("--upload", help="a .txt or .md file as the haystack (with --haystack upload)")
+    sweep.add_argument("--param", action="append", default=[], help="builder setting key=value (repeatable)")
+    sweep.add_argument("--threshold", type=float, help="fixed effective-length threshold (default: 85%% of "
+                       "the score at the shortest length)")
+    sweep.add_argument("--b", action="append", default=[], metavar="KEY=VALUE",
+                       help="run the same sweep again with this setting changed (A/B), e.g. --b dtype=fp32")
+    sweep.add_argument("--resume", metavar="SWEEP_ID", help="continue an interrupted sweep")
+    add_config_flags(sweep)
     tasks = commands.add_parser("tasks", help="list the task presets, haystacks and scorers")
     tasks.add_argument("--json", action="store_true", help="print one JSON object")
     return parser

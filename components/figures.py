@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from engines.sweep_stats import by_depth, by_length, effective_length, grid, u_curve_indices
+
 KIND_COLOURS = {"needle": "#d62728", "gold": "#2ca02c", "distractor": "#ff7f0e", "document": "#1f77b4",
                 "haystack": "#c7c7c7"}
 
@@ -29,4 +31,81 @@ def needle_strip(spans: list[dict], prompt_tokens: int) -> go.Figure:
                       title=f"Where things sit in the {prompt_tokens:,}-token prompt",
                       xaxis=dict(title="token position", range=[0, prompt_tokens]),
                       yaxis=dict(visible=False, range=[0, 1]), legend=dict(orientation="h", y=-0.5))
+    return fig
+
+
+def _axis_labels(values) -> list[str]:
+    return [f"{v:g}" for v in values]
+
+
+def sweep_heatmap(rows: list[dict], lengths, depths, value: str = "correct", title: str = "") -> go.Figure:
+    """Length x depth heatmap of accuracy (or mean score), cells filling in as they arrive.
+
+    Hover shows the number of seeds and the 95% Wilson interval (for accuracy)."""
+    cells = grid(rows, value)
+    z, text = [], []
+    for length in lengths:
+        z_row, text_row = [], []
+        for depth in depths:
+            cell = cells.get((int(length), float(depth)))
+            z_row.append(None if cell is None else cell["mean"])
+            text_row.append("not run yet" if cell is None else
+                            f"{cell['mean']:.2f} (n={cell['n']}, 95% CI {cell['low']:.2f}-{cell['high']:.2f})")
+        z.append(z_row)
+        text.append(text_row)
+    fig = go.Figure(go.Heatmap(z=z, x=_axis_labels(depths), y=_axis_labels(lengths), zmin=0, zmax=1,
+                               colorscale="RdYlGn", text=text, xgap=1, ygap=1,
+                               hovertemplate="length %{y}, depth %{x}%<br>%{text}<extra></extra>",
+                               colorbar=dict(title="accuracy" if value == "correct" else value)))
+    fig.update_layout(title=title or f"{'Accuracy' if value == 'correct' else value} by length and depth",
+                      xaxis=dict(title="needle depth (%)", type="category"),
+                      yaxis=dict(title="prompt tokens", type="category"), height=380,
+                      margin=dict(l=60, r=10, t=50, b=50))
+    return fig
+
+
+def difference_heatmap(rows_a: list[dict], rows_b: list[dict], lengths, depths, value: str = "correct") -> go.Figure:
+    """B minus A per cell (mean over seeds)."""
+    a, b = grid(rows_a, value), grid(rows_b, value)
+    z = [[(b[(int(n), float(d))]["mean"] - a[(int(n), float(d))]["mean"])
+          if (int(n), float(d)) in a and (int(n), float(d)) in b else None for d in depths] for n in lengths]
+    fig = go.Figure(go.Heatmap(z=z, x=_axis_labels(depths), y=_axis_labels(lengths), zmin=-1, zmax=1,
+                               colorscale="RdBu", xgap=1, ygap=1,
+                               hovertemplate="length %{y}, depth %{x}%<br>B - A = %{z:.2f}<extra></extra>"))
+    fig.update_layout(title="Difference: B minus A", xaxis=dict(title="needle depth (%)", type="category"),
+                      yaxis=dict(title="prompt tokens", type="category"), height=380,
+                      margin=dict(l=60, r=10, t=50, b=50))
+    return fig
+
+
+def position_curve(rows: list[dict], value: str = "correct") -> go.Figure:
+    """Accuracy against depth, one line per length: the lost-in-the-middle U-curve."""
+    fig = go.Figure()
+    for length in sorted({int(r["length"]) for r in rows}):
+        curve = by_depth(rows, length, value)
+        fig.add_trace(go.Scatter(x=list(curve), y=list(curve.values()), mode="lines+markers", name=f"{length}"))
+    overall = u_curve_indices(by_depth(rows, None, value))
+    subtitle = ("" if overall["primacy"] is None else
+                f"<br><sup>all lengths: primacy {overall['primacy']:+.2f}, recency {overall['recency']:+.2f} "
+                f"(ends minus the 25-75% mean, {overall['middle_mean']:.2f})</sup>")
+    fig.update_layout(title="Accuracy by needle depth" + subtitle, xaxis=dict(title="needle depth (%)"),
+                      yaxis=dict(title="accuracy" if value == "correct" else value, range=[-0.05, 1.05]),
+                      legend=dict(title="prompt tokens"), height=360, margin=dict(l=60, r=10, t=50, b=50))
+    return fig
+
+
+def length_curve(rows: list[dict], threshold: float | None = None, value: str = "correct") -> go.Figure:
+    """Accuracy against length with the effective context length marked and its rule stated."""
+    curve = by_length(rows, value)
+    effective = effective_length(curve, threshold)
+    fig = go.Figure(go.Scatter(x=list(curve), y=list(curve.values()), mode="lines+markers", name="accuracy"))
+    if effective["threshold"] is not None:
+        fig.add_hline(y=effective["threshold"], line_dash="dot",
+                      annotation_text=f"threshold {effective['threshold']:.2f}: {effective['rule']}")
+    if effective["effective_length"] is not None:
+        fig.add_vline(x=effective["effective_length"], line_color="#2ca02c",
+                      annotation_text=f"effective length {effective['effective_length']}")
+    fig.update_layout(title="Accuracy by context length", xaxis=dict(title="prompt tokens"),
+                      yaxis=dict(title="accuracy" if value == "correct" else value, range=[-0.05, 1.05]),
+                      height=360, margin=dict(l=60, r=10, t=50, b=50))
     return fig

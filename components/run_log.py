@@ -17,32 +17,34 @@ def log_generation(store: Store | None, session_id: str, kind: str, config: RunC
     """Log one free generation run; returns its id, or None when logging is off."""
     outputs = result.to_dict()
     prompt = outputs.pop("prompt")
-    return _write(store, session_id, kind, config, loaded, inputs, outputs, prompt, seconds=result.seconds)
+    return write_run(store, session_id, kind, config, loaded, inputs, outputs, prompt, seconds=result.seconds)
 
 
 def log_probe(store: Store | None, session_id: str, config: RunConfig, loaded: LoadedModel,
-              outcome: ProbeOutcome, kind: str = "probe") -> str | None:
+              outcome: ProbeOutcome, kind: str = "probe", extra: dict | None = None, **columns) -> str | None:
     """Log a task probe: its spec (enough to rebuild the prompt), answer, score and timings."""
     summary = outcome.summary()
-    outputs = summary | {"generation": outcome.generation.to_dict() if outcome.generation else None,
-                         "logprob_result": outcome.logprob.to_dict() if outcome.logprob else None}
+    outputs = summary | (extra or {}) | {
+        "generation": outcome.generation.to_dict() if outcome.generation else None,
+        "logprob_result": outcome.logprob.to_dict() if outcome.logprob else None}
     if outputs["generation"]:
         outputs["generation"].pop("prompt")
     inputs = {"probe": outcome.instance.spec.to_dict(), "mode": outcome.mode}
-    return _write(store, session_id, kind, config, loaded, inputs, outputs, outcome.instance.prompt,
+    return write_run(store, session_id, kind, config, loaded, inputs, outputs, outcome.instance.prompt,
                   task=outcome.instance.task, score=outcome.score.score, correct=outcome.score.correct,
-                  seconds=summary.get("seconds"))
+                  seconds=summary.get("seconds"), **columns)
 
 
-def _write(store: Store | None, session_id: str, kind: str, config: RunConfig, loaded: LoadedModel,
-           inputs: dict, outputs: dict, prompt: str, **columns) -> str | None:
+def write_run(store: Store | None, session_id: str, kind: str, config: RunConfig, loaded: LoadedModel | None,
+           inputs: dict, outputs: dict, prompt: str | None, **columns) -> str | None:
     """Write one run. A database that cannot be written raises StorageError with a sentence saying
     what to change; the caller still has the result and shows it.
     """
     if store is None or not logging_enabled():
         return None
     try:
-        return store.log_run(session_id, kind, config.to_dict(), inputs, outputs, loaded.provenance(),
+        return store.log_run(session_id, kind, config.to_dict(), inputs, outputs,
+                             loaded.provenance() if loaded else {},
                              prompt=prompt, **columns)
     except Exception as exc:  # SQLAlchemy raises many kinds for a locked or read-only file
         log.warning("run not logged: %s", exc)

@@ -107,34 +107,85 @@ class TextDelta:
         return delta
 
 
+class PrefixCache:
+    """A KV cache that knows which token ids it holds, so a new prompt is computed only past the
+    prefix it shares with the last one (sweeps over one haystack share everything up to the needle).
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache()
+        self.ids: list[int] = []
+
+    def keep(self, count: int) -> None:
+        extra = self.cache.get_seq_length() - count
+        if extra > 0:
+            self.cache.crop(-extra)  # transformers 5: a negative count removes that many tokens
+        self.ids = self.ids[:count]
+
+    def reuse_for(self, ids: list[int], recompute_last: int = 1) -> int:
+        """Crop to the common prefix with `ids`, keeping at least `recompute_last` tokens to feed."""
+        self.keep(min(common_prefix(self.ids, ids), len(ids) - recompute_last))
+        return len(self.ids)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading token ids two sequences share."""
+    count = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
 @torch.inference_mode()
 def stream_greedy(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: int,
-                  should_stop: Callable[[], bool] = lambda: False) -> Iterator[TokenEvent]:
-    """Greedy decoding with a KV cache, one event per new token; stops at EOS or the budget."""
-    from transformers import DynamicCache
+                  should_stop: Callable[[], bool] = lambda: False,
+                  prefix: PrefixCache | None = None) -> Iterator[TokenEvent]:
+    """Greedy decoding with a KV cache, one event per new token; stops at EOS or the budget.
 
+    With `prefix`, the cached part of the prompt is not computed again, and afterwards the cache
+    holds exactly the prompt, ready for the next one.
+    """
     model, tokenizer = loaded.model, loaded.tokenizer
-    eos, delta, cache = _eos_ids(loaded), TextDelta(tokenizer), DynamicCache()
+    prefix = prefix or PrefixCache()
+    ids = input_ids[0].tolist()
+    reused = prefix.reuse_for(ids)
+    prefix.ids = ids
+    eos, delta, cache = _eos_ids(loaded), TextDelta(tokenizer), prefix.cache
     started = time.perf_counter()
-    next_input = input_ids.to(loaded.device)
-    for index in range(max_new_tokens):
-        if should_stop():
-            return
-        logits = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
-        token_id = int(logits.argmax())
-        if token_id in eos:
-            return
-        yield event_from_logits(tokenizer, logits, token_id, index, delta.add(token_id), started)
-        next_input = torch.tensor([[token_id]], device=loaded.device)
+    next_input = input_ids[:, reused:].to(loaded.device)
+    try:
+        for index in range(max_new_tokens):
+            if should_stop():
+                return
+            logits = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+            token_id = int(logits.argmax())
+            if token_id in eos:
+                return
+            yield event_from_logits(tokenizer, logits, token_id, index, delta.add(token_id), started)
+            next_input = torch.tensor([[token_id]], device=loaded.device)
+    except Exception:
+        prefix.reset()  # a forward pass that failed may have filled only some layers
+        raise
+    finally:
+        if prefix.cache is cache:
+            prefix.keep(len(ids))
 
 
 def run_stream(loaded: LoadedModel, prompt: str, max_new_tokens: int,
-               should_stop: Callable[[], bool] = lambda: False) -> Iterator[TokenEvent | GenerationResult]:
+               should_stop: Callable[[], bool] = lambda: False,
+               prefix: PrefixCache | None = None) -> Iterator[TokenEvent | GenerationResult]:
     """Greedy decoding of `prompt`: yields each TokenEvent, then the GenerationResult last."""
     input_ids = encode(loaded.tokenizer, prompt)
     started = time.perf_counter()
     events: list[TokenEvent] = []
-    for event in stream_greedy(loaded, input_ids, max_new_tokens, should_stop):
+    for event in stream_greedy(loaded, input_ids, max_new_tokens, should_stop, prefix):
         events.append(event)
         yield event
     yield summarize(prompt, input_ids.shape[1], events, time.perf_counter() - started,

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
+from engines.attention import use_lab_attention
 from engines.paths import lab_home
 from engines.specs import EMBEDDED_MODEL, ModelSpec
 
@@ -45,7 +46,7 @@ class ModelError(RuntimeError):
     """Loading failed for a reason the user can act on; the message says what to change."""
 
 
-def _no_progress(fraction: float, message: str) -> None:
+def no_progress(fraction: float, message: str) -> None:
     pass
 
 
@@ -61,7 +62,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def embedded_model_dir(progress: Progress = _no_progress) -> Path:
+def embedded_model_dir(progress: Progress = no_progress) -> Path:
     """The converted embedded model's directory, fetching and converting it on first use."""
     target = lab_home() / "models" / EMBEDDED_MODEL
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
@@ -138,7 +139,7 @@ def resolve_dtype(spec: ModelSpec, device: str) -> tuple[torch.dtype, str]:
     return torch.float32, "fp32 (auto: this CPU has no fast bfloat16)"
 
 
-def resolve_source(name: str, progress: Progress = _no_progress) -> Path:
+def resolve_source(name: str, progress: Progress = no_progress) -> Path:
     """A local directory holding the model: the embedded copy, a user's path, or a Hub snapshot."""
     if name == EMBEDDED_MODEL:
         return embedded_model_dir(progress)
@@ -215,7 +216,7 @@ class LoadedModel:
                 "max_positions": getattr(self.model.config, "max_position_embeddings", None)}
 
 
-def load_model(spec: ModelSpec, progress: Progress = _no_progress) -> LoadedModel:
+def load_model(spec: ModelSpec, progress: Progress = no_progress) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(spec)
@@ -233,6 +234,7 @@ def load_model(spec: ModelSpec, progress: Progress = _no_progress) -> LoadedMode
     except (OSError, ValueError, ImportError) as exc:
         raise ModelError(f"Could not load '{spec.model}' from {source}: {exc}".strip()[:600]) from exc
     model.eval()
+    use_lab_attention(model)
     seconds = time.perf_counter() - started
     progress(1.0, f"Loaded {spec.model} in {seconds:.1f} s")
     return LoadedModel(spec, model, tokenizer, device, dtype, reason, str(source), seconds,
@@ -258,7 +260,7 @@ class ModelManager:
     def loaded(self) -> LoadedModel | None:
         return self._loaded
 
-    def get(self, spec: ModelSpec, progress: Progress = _no_progress) -> LoadedModel:
+    def get(self, spec: ModelSpec, progress: Progress = no_progress) -> LoadedModel:
         """The model for `spec`, loading it (and unloading the previous one) when needed.
 
         If loading fails the previous model stays loaded and ModelError says what to change.
@@ -279,7 +281,7 @@ class ModelManager:
             return self._loaded
 
     def stream(self, spec: ModelSpec, produce: Callable[[LoadedModel, Callable[[], bool]], Iterator[T]],
-               progress: Progress = _no_progress) -> Iterator[T]:
+               progress: Progress = no_progress) -> Iterator[T]:
         """Run `produce(loaded, should_stop)` in a worker thread that holds the model lock.
 
         Items are handed over as they come, so one job uses the model at a time while the caller

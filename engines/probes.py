@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import psutil
 import torch
 
-from engines.generation import GenerationResult, TokenEvent, encode, run_stream
+from engines.generation import GenerationResult, PrefixCache, TokenEvent, encode, run_stream
 from engines.models import LoadedModel
 from engines.scoring import Score, score
 from engines.tasks import ProbeInstance
@@ -80,7 +80,8 @@ def max_prompt_tokens(loaded: LoadedModel) -> int:
 
 
 @torch.inference_mode()
-def logprob_of(loaded: LoadedModel, prompt: str, target: str, lead: str = "") -> LogprobResult:
+def logprob_of(loaded: LoadedModel, prompt: str, target: str, lead: str = "",
+               prefix: PrefixCache | None = None) -> LogprobResult:
     """log p(target | prompt + lead) with per-token probabilities and whether greedy would produce it.
 
     `lead` is the answer's usual opening ("The pass key is"): it is fed but not scored, so the score
@@ -92,9 +93,18 @@ def logprob_of(loaded: LoadedModel, prompt: str, target: str, lead: str = "") ->
     continuation = tokenizer(lead + target, add_special_tokens=False, return_offsets_mapping=True)
     scored = [i for i, (_, end) in enumerate(continuation["offset_mapping"]) if end > len(lead)]
     continuation_ids = torch.tensor([continuation["input_ids"]])
-    ids = torch.cat([prompt_ids, continuation_ids], dim=1).to(loaded.device)
+    ids = torch.cat([prompt_ids, continuation_ids], dim=1)
     count = continuation_ids.shape[1]
-    logits = loaded.model(input_ids=ids, logits_to_keep=count + 1).logits[0, :-1].float()
+    prefix = prefix or PrefixCache()
+    reused = prefix.reuse_for(ids[0].tolist(), recompute_last=count + 1)
+    try:
+        logits = loaded.model(input_ids=ids[:, reused:].to(loaded.device), cache=prefix.cache, use_cache=True,
+                              logits_to_keep=count + 1).logits[0, :-1].float()
+    except Exception:
+        prefix.reset()
+        raise
+    prefix.ids = ids[0].tolist()
+    prefix.keep(prompt_ids.shape[1])
     logp = torch.log_softmax(logits, dim=-1)[scored]
     gold = continuation_ids[0, scored].to(loaded.device)
     chosen = logp.gather(1, gold[:, None])[:, 0]
@@ -107,18 +117,18 @@ def logprob_of(loaded: LoadedModel, prompt: str, target: str, lead: str = "") ->
 
 
 def run_probe(loaded: LoadedModel, instance: ProbeInstance, mode: str = "generate",
-              max_new_tokens: int | None = None,
-              should_stop: Callable[[], bool] = lambda: False) -> Iterator[TokenEvent | ProbeOutcome]:
+              max_new_tokens: int | None = None, should_stop: Callable[[], bool] = lambda: False,
+              prefix: PrefixCache | None = None) -> Iterator[TokenEvent | ProbeOutcome]:
     """Yields TokenEvents while generating (none in logprob mode), then the ProbeOutcome."""
     if mode not in SCORE_MODES:
         raise ValueError(f"Unknown scoring mode '{mode}'. Choose one of: {', '.join(SCORE_MODES)}.")
     if mode == "logprob":
-        result = logprob_of(loaded, instance.prompt, instance.logprob_target, instance.logprob_lead)
+        result = logprob_of(loaded, instance.prompt, instance.logprob_target, instance.logprob_lead, prefix)
         outcome = Score(round(result.prob, 6), result.greedy_match,
                         {"logprob": result.logprob, "mean_logprob": result.mean_logprob})
         yield ProbeOutcome(instance, mode, result.target, outcome, logprob=result)
         return
-    for item in run_stream(loaded, instance.prompt, max_new_tokens or instance.max_new_tokens, should_stop):
+    for item in run_stream(loaded, instance.prompt, max_new_tokens or instance.max_new_tokens, should_stop, prefix):
         if isinstance(item, GenerationResult):
             yield ProbeOutcome(instance, mode, item.text, score(instance.scorer, item.text, instance.expected, instance.question),
                                generation=item)

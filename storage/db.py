@@ -67,6 +67,21 @@ class Run(Base):
     inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
     outputs: Mapped[dict[str, Any]] = mapped_column(JSON)
     environment: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), index=True)
+    cell: Mapped[str | None] = mapped_column(String(64))  # "length:depth:seed" for sweep cells
+
+
+class Sweep(Base):
+    """A grid of probe cells; its cells are runs of kind sweep_cell carrying its id."""
+
+    __tablename__ = "sweeps"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(20))  # running, cancelled, done
+    label: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
@@ -84,6 +99,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "CREATE INDEX ix_runs_created_at ON runs (created_at)",
         "CREATE INDEX ix_runs_model ON runs (model)",
         "CREATE INDEX ix_runs_task ON runs (task)",
+    ]),
+    (2, "sweeps, and sweep cells as runs", [
+        "CREATE TABLE sweeps (id VARCHAR(32) PRIMARY KEY, session_id VARCHAR(32) NOT NULL REFERENCES sessions(id), "
+        "created_at TIMESTAMP NOT NULL, status VARCHAR(20) NOT NULL, label VARCHAR(200) NOT NULL, "
+        "spec JSON NOT NULL, config JSON NOT NULL)",
+        "CREATE INDEX ix_sweeps_session_id ON sweeps (session_id)",
+        "ALTER TABLE runs ADD COLUMN sweep_id VARCHAR(32) REFERENCES sweeps(id)",
+        "ALTER TABLE runs ADD COLUMN cell VARCHAR(64)",
+        "CREATE INDEX ix_runs_sweep_id ON runs (sweep_id)",
+        "CREATE UNIQUE INDEX ux_runs_sweep_cell ON runs (sweep_id, cell)",
     ]),
 ]
 
@@ -156,6 +181,16 @@ class Store:
                               created_at=_now()))
         return session_id
 
+    def put_text(self, text_value: str) -> str:
+        """Store a long text once; returns its sha256."""
+        with self._sessions.begin() as db:
+            return self._store_context(db, text_value)
+
+    def get_text(self, digest: str) -> str | None:
+        with self._sessions() as db:
+            stored = db.get(StoredContext, digest)
+            return stored.text if stored else None
+
     def _store_context(self, db: Session, prompt: str) -> str:
         digest = hashlib.sha256(prompt.encode()).hexdigest()
         if db.get(StoredContext, digest) is None:
@@ -166,19 +201,49 @@ class Store:
     def log_run(self, session_id: str, kind: str, config: dict, inputs: dict, outputs: dict,
                 environment: dict, *, prompt: str | None = None, task: str | None = None,
                 score: float | None = None, correct: bool | None = None,
-                seconds: float | None = None) -> str:
+                seconds: float | None = None, sweep_id: str | None = None, cell: str | None = None) -> str:
         """Write one run; the prompt text goes to `contexts` once per distinct text."""
         run_id = new_id()
         with self._sessions.begin() as db:
-            if db.get(LabSession, session_id) is None:
-                db.add(LabSession(id=session_id, name=f"Session {_now():%Y-%m-%d %H:%M}", created_at=_now()))
-                db.flush()
+            self._ensure_session(db, session_id)
             prompt_hash = self._store_context(db, prompt) if prompt is not None else None
             db.add(Run(id=run_id, session_id=session_id, kind=kind, created_at=_now(),
                        model=config.get("model", {}).get("model", ""), task=task, score=score,
                        correct=correct, seconds=seconds, prompt_hash=prompt_hash, config=config,
-                       inputs=inputs, outputs=outputs, environment=environment))
+                       inputs=inputs, outputs=outputs, environment=environment, sweep_id=sweep_id, cell=cell))
         return run_id
+
+    def _ensure_session(self, db: Session, session_id: str) -> None:
+        if db.get(LabSession, session_id) is None:
+            db.add(LabSession(id=session_id, name=f"Session {_now():%Y-%m-%d %H:%M}", created_at=_now()))
+            db.flush()
+
+    def create_sweep(self, session_id: str, spec: dict, config: dict, label: str = "") -> str:
+        sweep_id = new_id()
+        with self._sessions.begin() as db:
+            self._ensure_session(db, session_id)
+            db.add(Sweep(id=sweep_id, session_id=session_id, created_at=_now(), status="running",
+                         label=label or spec.get("task", "sweep"), spec=spec, config=config))
+        return sweep_id
+
+    def get_sweep(self, sweep_id: str) -> dict[str, Any] | None:
+        with self._sessions() as db:
+            sweep = db.get(Sweep, sweep_id)
+            if sweep is None:
+                return None
+            return {"id": sweep.id, "session_id": sweep.session_id, "status": sweep.status, "label": sweep.label,
+                    "created_at": sweep.created_at.isoformat(timespec="seconds"), "spec": sweep.spec,
+                    "config": sweep.config}
+
+    def set_sweep_status(self, sweep_id: str, status: str) -> None:
+        with self._sessions.begin() as db:
+            db.get(Sweep, sweep_id).status = status
+
+    def sweep_cells(self, sweep_id: str) -> list[dict[str, Any]]:
+        """The finished cells of a sweep, as stored runs, oldest first."""
+        query = select(Run).where(Run.sweep_id == sweep_id, Run.kind == "sweep_cell").order_by(Run.created_at)
+        with self._sessions() as db:
+            return [_run_dict(run) for run in db.scalars(query)]
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self._sessions() as db:
@@ -201,7 +266,7 @@ def _run_dict(run: Run) -> dict[str, Any]:
             "created_at": run.created_at.isoformat(timespec="seconds"), "model": run.model,
             "task": run.task, "score": run.score, "correct": run.correct, "seconds": run.seconds,
             "prompt_hash": run.prompt_hash, "config": run.config, "inputs": run.inputs,
-            "outputs": run.outputs, "environment": run.environment}
+            "outputs": run.outputs, "environment": run.environment, "sweep_id": run.sweep_id, "cell": run.cell}
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -91,3 +91,30 @@ def test_foreign_keys_are_enforced(tmp_path):
             conn.execute(text("INSERT INTO runs (id, session_id, kind, created_at, model, config, inputs, "
                               "outputs, environment) VALUES ('r', 'missing', 'probe', '2026-01-01', 'm', "
                               "'{}', '{}', '{}', '{}')"))
+
+
+def test_older_database_is_migrated_and_keeps_its_runs(tmp_path):
+    """tests/data/lab-v1.sqlite was written by schema version 1 (sessions, contexts, runs)."""
+    import shutil
+
+    from conftest import ROOT
+
+    copy = tmp_path / "old.sqlite"
+    shutil.copy(ROOT / "tests" / "data" / "lab-v1.sqlite", copy)
+    store = Store(f"sqlite:///{copy}")
+    assert store.schema_version() == MIGRATIONS[-1][0] >= 2
+    run = store.get_run("r1")
+    assert run["outputs"] == {"text": "Paris"} and run["prompt"] == "an old prompt" and run["sweep_id"] is None
+    sweep_id = store.create_sweep("s1", {"task": "passkey"}, {"model": {}})
+    new = store.log_run("s1", "sweep_cell", {"model": {"model": "m"}}, {}, {}, {}, sweep_id=sweep_id, cell="1:0:1")
+    assert store.get_run(new)["cell"] == "1:0:1"
+
+
+def test_a_sweep_cell_is_stored_once(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    session_id = store.new_session()
+    sweep_id = store.create_sweep(session_id, {"task": "passkey"}, {"model": {}})
+    store.log_run(session_id, "sweep_cell", {"model": {}}, {}, {}, {}, sweep_id=sweep_id, cell="1000:0:1")
+    with pytest.raises(Exception, match="UNIQUE"):
+        store.log_run(session_id, "sweep_cell", {"model": {}}, {}, {}, {}, sweep_id=sweep_id, cell="1000:0:1")
+    assert len(store.sweep_cells(sweep_id)) == 1
