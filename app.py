@@ -17,17 +17,19 @@ def build_ui(store):
     """Assemble the tabs around the shared configuration panel."""
     import gradio as gr
 
-    from components import haystack, model_panel, probe, sweep
+    from components import haystack, model_panel, probe, sessions, sweep
 
     with gr.Blocks(title="Context Lab") as demo:
         gr.Markdown("# Context Lab\nSee and measure how language models use, and fail to use, their context.",
                     elem_classes="lab-header")
-        session = gr.State(None)
+        session = gr.State({"id": None, "log": True})  # this browser's session id and logging switch
         config = model_panel.build()
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             probe.build(config, store, session)
             haystack.build(config, store, session)
             sweep.build(config, store, session)
+            deep_link, targets = sessions.build(store, session, tabs)
+        demo.load(deep_link, None, targets, api_name=False)
     return demo
 
 

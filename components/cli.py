@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
-from components.run_log import log_generation, log_probe
+from components.replay import replay
+from components.run_log import log_generation, log_probe, remember_upload
 from engines.generation import format_prompt, generate
 from engines.haystack import SOURCES, HaystackError, read_upload
 from engines.models import MANAGER, ModelError, console_progress
@@ -16,7 +18,8 @@ from engines.specs import DTYPES, QUANT_4BIT_TYPES, QUANTS, ModelSpec, RunConfig
 from components.sweep_jobs import open_job, parse_list, run_job, sweep_summary
 from engines.sweeps import SweepSpec
 from engines.tasks import ProbeSpec, build_probe, get_task, load_tasks
-from storage.db import StorageError, Store
+from storage.db import StorageError, Store, logging_enabled
+from storage.transfer import export_session, import_session
 
 USER_ERRORS = (SpecError, ModelError, StorageError, HaystackError)
 
@@ -64,6 +67,15 @@ def _store() -> Store:
     return Store()
 
 
+def _run_log(args: argparse.Namespace) -> tuple[Store | None, str]:
+    """Where a run is logged: the store and session (--session or a new "CLI" one), or nothing when
+    logging is off (CONTEXT_LAB_LOGGING=0): then no file is created or written."""
+    if not logging_enabled():
+        return None, ""
+    store = Store()
+    return store, args.session or store.new_session("CLI")
+
+
 def parse_params(pairs: list[str]) -> dict[str, Any]:
     """key=value pairs; values that read as JSON (numbers, true, lists) are taken as such."""
     params = {}
@@ -87,8 +99,8 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
     loaded = MANAGER.get(config.model, first_use_progress)
     prompt = format_prompt(loaded.tokenizer, args.context, args.question, config.chat_template)
     result = generate(loaded, prompt, config.max_new_tokens)
-    store = _store()
-    run_id = log_generation(store, args.session or store.new_session("CLI"), "probe", config, loaded,
+    store, session_id = _run_log(args)
+    run_id = log_generation(store, session_id, "probe", config, loaded,
                             {"context": args.context, "question": args.question}, result)
     return {"answer": result.text, "prompt": prompt, "prompt_tokens": result.prompt_tokens,
             "new_tokens": result.new_tokens, "model": config.model.model, "dtype": loaded.dtype_name,
@@ -104,17 +116,18 @@ def probe_task(args: argparse.Namespace) -> dict[str, Any]:
     upload_text = read_upload(args.upload) if args.upload else None
     config = config_from_args(args, default_new_tokens=task.max_new_tokens)
     loaded = MANAGER.get(config.model, first_use_progress)
+    store, session_id = _run_log(args)
+    spec = remember_upload(store, spec, upload_text)
     instance = build_probe(loaded.tokenizer, spec, config.chat_template, upload_text, max_prompt_tokens(loaded))
     *_, outcome = run_probe(loaded, instance, args.score, config.max_new_tokens)
-    store = _store()
-    run_id = log_probe(store, args.session or store.new_session("CLI"), config, loaded, outcome)
+    run_id = log_probe(store, session_id, config, loaded, outcome)
     return outcome.summary() | {"prompt": instance.prompt, "model": config.model.model,
                                 "dtype": loaded.dtype_name, "quant": config.model.quant, "run_id": run_id}
 
 
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
-    store = _store()
     if args.resume:
+        store = _store()
         jobs = [open_job(store, "", resume_id=args.resume)]
     else:
         if not args.task:
@@ -124,7 +137,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
                          args.score, args.haystack, parse_params(args.param))
         upload_text = read_upload(args.upload) if args.upload else None
         config = config_from_args(args, default_new_tokens=get_task(args.task).max_new_tokens)
-        session_id = args.session or store.new_session("CLI")
+        store, session_id = _run_log(args)
         configs = [("A", config)] + ([("B", config_with(config, parse_params(args.b)))] if args.b else [])
         jobs = [open_job(store, session_id, c, spec, upload_text=upload_text, label=f"{args.task} {name}")
                 for name, c in configs]
@@ -157,6 +170,36 @@ def config_with(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     return RunConfig.from_dict(data)
 
 
+def cmd_sessions(args: argparse.Namespace) -> dict[str, Any]:
+    store = _store()
+    if args.session:
+        if store.get_session(args.session) is None:
+            raise StorageError(f"No session with id '{args.session}'.")
+        fields = ("id", "kind", "created_at", "model", "task", "score", "correct", "seconds", "sweep_id")
+        return {"session": store.get_session(args.session),
+                "runs": [{k: r[k] for k in fields} for r in store.list_runs(args.session, limit=10000)]}
+    return {"database": store.url, "sessions": store.list_sessions()}
+
+
+def cmd_replay(args: argparse.Namespace) -> dict[str, Any]:
+    return replay(_store(), args.run_id, first_use_progress)
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    data = export_session(_store(), args.session_id)
+    Path(args.file).write_text(json.dumps(data, ensure_ascii=False))
+    return {"session_id": args.session_id, "file": args.file, "runs": len(data["runs"])}
+
+
+def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
+    path = Path(args.file)
+    if not path.is_file():
+        raise StorageError(f"There is no file {args.file}.")
+    store = _store()
+    session_id = import_session(store, path.read_bytes())
+    return {"session_id": session_id, "runs": len(store.list_runs(session_id, limit=10**6))}
+
+
 def cmd_tasks(args: argparse.Namespace) -> dict[str, Any]:
     return {"tasks": [{"name": t.name, "description": t.description, "haystack": t.haystack,
                        "scorer": t.scorer, "max_new_tokens": t.max_new_tokens, "params": t.params}
@@ -164,8 +207,9 @@ def cmd_tasks(args: argparse.Namespace) -> dict[str, Any]:
             "haystacks": [*SOURCES, "upload"], "scorers": list(SCORERS), "score_modes": list(SCORE_MODES)}
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"probe": cmd_probe, "sweep": cmd_sweep,
-                                                                   "tasks": cmd_tasks}
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "probe": cmd_probe, "sweep": cmd_sweep, "tasks": cmd_tasks, "sessions": cmd_sessions, "replay": cmd_replay,
+    "export": cmd_export, "import": cmd_import}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the same sweep again with this setting changed (A/B), e.g. --b dtype=fp32")
     sweep.add_argument("--resume", metavar="SWEEP_ID", help="continue an interrupted sweep")
     add_config_flags(sweep)
+    sessions = commands.add_parser("sessions", help="list sessions, or one session's runs")
+    sessions.add_argument("--session", help="list this session's runs")
+    sessions.add_argument("--json", action="store_true", help="print one JSON object")
+    replay_parser = commands.add_parser("replay", help="re-run a stored run; report whether it is identical")
+    replay_parser.add_argument("run_id")
+    replay_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    export = commands.add_parser("export", help="write a session to one JSON file")
+    export.add_argument("session_id")
+    export.add_argument("file")
+    export.add_argument("--json", action="store_true", help="print one JSON object")
+    import_parser = commands.add_parser("import", help="import a session file (validated; all or nothing)")
+    import_parser.add_argument("file")
+    import_parser.add_argument("--json", action="store_true", help="print one JSON object")
     tasks = commands.add_parser("tasks", help="list the task presets, haystacks and scorers")
     tasks.add_argument("--json", action="store_true", help="print one JSON object")
     return parser

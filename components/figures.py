@@ -109,3 +109,40 @@ def length_curve(rows: list[dict], threshold: float | None = None, value: str = 
                       yaxis=dict(title="accuracy" if value == "correct" else value, range=[-0.05, 1.05]),
                       height=360, margin=dict(l=60, r=10, t=50, b=50))
     return fig
+
+
+def token_probabilities(tokens: list[dict]) -> go.Figure:
+    """Each generated token's probability, with the top alternatives on hover, and the entropy."""
+    fig = go.Figure()
+    hover = ["<br>".join(f"{alt!r}: {p:.3f}" for alt, p in t.get("top", [])) for t in tokens]
+    fig.add_trace(go.Bar(x=list(range(len(tokens))), y=[t["prob"] for t in tokens], name="probability",
+                         text=[t["text"] for t in tokens], customdata=hover,
+                         hovertemplate="%{text}<br>p=%{y:.3f}<br>%{customdata}<extra></extra>"))
+    if tokens and "entropy" in tokens[0]:
+        fig.add_trace(go.Scatter(x=list(range(len(tokens))), y=[t["entropy"] for t in tokens], name="entropy (nats)",
+                                 yaxis="y2", mode="lines+markers"))
+    fig.update_layout(title="Probability of each generated token", height=320, margin=dict(l=50, r=50, t=50, b=40),
+                      xaxis=dict(title="new token"), yaxis=dict(title="probability", range=[0, 1]),
+                      yaxis2=dict(title="entropy", overlaying="y", side="right", showgrid=False),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def run_figures(run: dict) -> list[go.Figure]:
+    """The figures a stored run shows, rebuilt from its stored outputs alone (no model needed)."""
+    outputs, kind = run["outputs"], run["kind"]
+    if kind == "sweep":
+        spec = run["inputs"]["sweep"]
+        cells = outputs["cells"]
+        value = "correct" if spec.get("mode", "generate") == "generate" else "score"
+        threshold = outputs.get("effective", {}).get("threshold") if "fixed" in outputs.get(
+            "effective", {}).get("rule", "") else None
+        return [sweep_heatmap(cells, spec["lengths"], spec["depths"], value, f"{spec['task']} (stored)"),
+                position_curve(cells, value), length_curve(cells, threshold, value)]
+    figs = []
+    if outputs.get("spans"):
+        figs.append(needle_strip(outputs["spans"], outputs["prompt_tokens"]))
+    tokens = outputs.get("tokens") or (outputs.get("generation") or {}).get("tokens")
+    if tokens:
+        figs.append(token_probabilities(tokens))
+    return figs

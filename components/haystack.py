@@ -1,13 +1,14 @@
 """Haystack tab: choose a task preset or compose a probe, preview where the needles sit, run and score it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import gradio as gr
 
 from components.figures import needle_strip
 from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model
-from components.run_log import log_probe
+from components.run_log import log_probe, remember_upload, session_for
 from engines.haystack import SOURCES, HaystackError, read_upload
 from engines.models import MANAGER
 from engines.probes import SCORE_MODES, ProbeOutcome, max_prompt_tokens, run_probe
@@ -96,11 +97,12 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         loaded = loaded_model(run_config, progress)
         try:
             upload_text = read_upload(upload_path) if upload_path else None
+            spec = remember_upload(store, spec, upload_text)
             instance = build_probe(loaded.tokenizer, spec, run_config.chat_template, upload_text,
                                    max_prompt_tokens(loaded))
         except HaystackError as exc:
             raise gr.Error(str(exc)) from exc
-        return run_config, loaded, instance
+        return dataclasses.replace(run_config, max_new_tokens=instance.max_new_tokens), loaded, instance
 
     def build_only(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
                    model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, progress=gr.Progress()):
@@ -111,7 +113,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 prompt_box: preview(instance)}
 
     def run(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path, mode_name,
-            session_id, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, progress=gr.Progress()):
+            state, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, progress=gr.Progress()):
         run_config, loaded, instance = make(
             task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
             model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, progress)
@@ -120,19 +122,19 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         yield shown | {answer: "", score: None}
         text = ""
         for item in MANAGER.stream(run_config.model, lambda model_, should_stop: run_probe(
-                model_, instance, mode_name, instance.max_new_tokens, should_stop)):
+                model_, instance, mode_name, run_config.max_new_tokens, should_stop)):
             if isinstance(item, ProbeOutcome):
                 break
             text += item.text
             yield {answer: text}
-        session_id = session_id or (store.new_session() if store else "")
+        log_to, session_id, state = session_for(store, state)
         try:
-            run_id = log_probe(store, session_id, run_config, loaded, item)
+            run_id = log_probe(log_to, session_id, run_config, loaded, item)
         except StorageError as exc:
             gr.Warning(str(exc))
             run_id = None
         result = item.summary()
-        yield shown | {answer: item.answer, session: session_id, config.status: describe_loaded(),
+        yield shown | {answer: item.answer, session: state, config.status: describe_loaded(),
                score: {k: result[k] for k in ("correct", "score", "expected", "scorer", "score_details")}
                | {"seconds": result.get("seconds"), "run_id": run_id}}
 

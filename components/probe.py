@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model
-from components.run_log import log_generation
+from components.run_log import log_generation, session_for
 from engines.generation import GenerationResult, format_prompt, run_stream
 from engines.models import MANAGER
 from storage.db import StorageError, Store
@@ -38,7 +38,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         with gr.Accordion("Prompt: the exact text fed to the model", open=False):
             prompt_box = gr.Textbox(lines=10, max_lines=30, interactive=False, show_label=False)
 
-    def probe(context_text, question_text, session_id, model, quant, quant_4bit_type, dtype, chat_template,
+    def probe(context_text, question_text, state, model, quant, quant_4bit_type, dtype, chat_template,
               max_new_tokens, progress=gr.Progress()):
         run_config = config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens)
         if not question_text or not question_text.strip():
@@ -53,15 +53,15 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 break
             text += item.text
             yield {answer: text, stats: stats_of(None, item.index + 1), prompt_box: prompt}
-        session_id = session_id or (store.new_session() if store else "")
+        log_to, session_id, state = session_for(store, state)
         try:
-            run_id = log_generation(store, session_id, "probe", run_config, loaded,
+            run_id = log_generation(log_to, session_id, "probe", run_config, loaded,
                                     {"context": context_text, "question": question_text}, item)
         except StorageError as exc:
             gr.Warning(str(exc))
             run_id = None
         yield {answer: item.text, stats: stats_of(item, run_id=run_id), prompt_box: prompt,
-               session: session_id, config.status: describe_loaded()}
+               session: state, config.status: describe_loaded()}
 
     event = run.click(probe, [context, question, session, *config.all()],
                       [answer, stats, prompt_box, session, config.status],

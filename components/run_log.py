@@ -1,11 +1,13 @@
 """Writing finished runs to the store, shared by the UI handlers and the CLI (no gradio here)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from engines.generation import GenerationResult
 from engines.models import LoadedModel
 from engines.probes import ProbeOutcome
+from engines.tasks import ProbeSpec
 from engines.specs import RunConfig
 from storage.db import Store, StorageError, logging_enabled
 
@@ -18,6 +20,24 @@ def log_generation(store: Store | None, session_id: str, kind: str, config: RunC
     outputs = result.to_dict()
     prompt = outputs.pop("prompt")
     return write_run(store, session_id, kind, config, loaded, inputs, outputs, prompt, seconds=result.seconds)
+
+
+def session_for(store: Store | None, state: dict | None) -> tuple[Store | None, str, dict]:
+    """The store to log into (None when this browser session switched logging off), the session id
+    (created on first use) and the updated per-browser state {"id": ..., "log": ...}."""
+    state = dict(state or {"id": None, "log": True})
+    if store is None or not state.get("log", True) or not logging_enabled():
+        return None, state.get("id") or "", state
+    if not state.get("id"):
+        state["id"] = store.new_session()
+    return store, state["id"], state
+
+
+def remember_upload(store: Store | None, spec: ProbeSpec, upload_text: str | None) -> ProbeSpec:
+    """Store an uploaded haystack once and name it in the spec, so the run can be rebuilt later."""
+    if upload_text is None or store is None or not logging_enabled():
+        return spec
+    return dataclasses.replace(spec, params=spec.params | {"_upload_sha256": store.put_text(upload_text)})
 
 
 def log_probe(store: Store | None, session_id: str, config: RunConfig, loaded: LoadedModel,

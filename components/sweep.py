@@ -10,6 +10,7 @@ import gradio as gr
 from components import figures
 from components.haystack import PRESET_HAYSTACK
 from components.model_panel import ConfigInputs, config_from_values, describe_loaded
+from components.run_log import session_for
 from components.sweep_jobs import SweepJob, estimate, open_job, parse_list, run_job, sweep_summary
 from engines.haystack import SOURCES, HaystackError, read_upload
 from engines.models import ModelError
@@ -121,12 +122,13 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
 
     outputs = {"heat_a": heat_a, "heat_b": heat_b, "diff": diff, "curve": curve, "length": length_plot}
 
-    def stream(jobs: list[SweepJob], value: str, limit, estimated: float | None, progress: gr.Progress):
+    def stream(jobs: list[SweepJob], log_to: Store | None, value: str, limit, estimated: float | None,
+               progress: gr.Progress):
         limit = limit or None  # 0 or empty: the relative rule
         started, done_now = time.perf_counter(), 0
         total = sum(job.total for job in jobs)
         for job in jobs:
-            for _ in run_job(job, store):
+            for _ in run_job(job, log_to):
                 done_now += 1
                 progress((sum(len(j.rows) for j in jobs), total), desc="cells")
                 yield {status: status_line(jobs, started, done_now, estimated), cells: table(jobs),
@@ -136,25 +138,26 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                **{outputs[k]: fig for k, fig in plots(jobs, value, limit).items()}}
 
     def make_jobs(log_to, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                  params_json, upload_path, use_b, bm, bq, bd, bt, session_id, model, quant, quant_4bit_type,
+                  params_json, upload_path, use_b, bm, bq, bd, bt, state, model, quant, quant_4bit_type,
                   dtype, chat_template, max_new_tokens):
-        a = config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens)
         spec = sweep_spec(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
                           params_json)
+        a = config_from_values(model, quant, quant_4bit_type, dtype, chat_template,
+                               load_tasks()[task_name].max_new_tokens)  # each task sets its own budget
         configs = [a] + ([b_config(a, bm, bq, bd, bt)] if use_b else [])
         try:
             upload_text = read_upload(upload_path) if upload_path else None
-            session_id = session_id or (log_to.new_session() if log_to else "")
-            return session_id, [open_job(log_to, session_id, c, spec, upload_text=upload_text,
-                                         label=f"{task_name} {'AB'[i]}") for i, c in enumerate(configs)]
+            log_to, session_id, state = session_for(log_to, state)
+            return state, log_to, [open_job(log_to, session_id, c, spec, upload_text=upload_text,
+                                            label=f"{task_name} {'AB'[i]}") for i, c in enumerate(configs)]
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from exc
 
     def estimate_time(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                      params_json, upload_path, use_b, bm, bq, bd, bt, session_id, model, quant, quant_4bit_type,
+                      params_json, upload_path, use_b, bm, bq, bd, bt, state, model, quant, quant_4bit_type,
                       dtype, chat_template, max_new_tokens, progress=gr.Progress()):
-        _, jobs = make_jobs(None, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                            params_json, upload_path, use_b, bm, bq, bd, bt, session_id, model, quant,
+        *_, jobs = make_jobs(None, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
+                            params_json, upload_path, use_b, bm, bq, bd, bt, state, model, quant,
                             quant_4bit_type, dtype, chat_template, max_new_tokens)  # nothing is recorded
         try:
             figures_ = [estimate(job, lambda f, m: progress(f, desc=m)) for job in jobs]
@@ -166,14 +169,15 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 f"({plain:.0f} s without prefix sharing), from a calibration run on this machine.")
 
     def run(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name, params_json,
-            upload_path, use_b, bm, bq, bd, bt, session_id, limit, model, quant, quant_4bit_type, dtype,
+            upload_path, use_b, bm, bq, bd, bt, state, limit, model, quant, quant_4bit_type, dtype,
             chat_template, max_new_tokens, progress=gr.Progress()):
-        session_id, jobs = make_jobs(store, task_name, length_text, count, spacing_name, seed_text, mode_name,
-                                     haystack_name, params_json, upload_path, use_b, bm, bq, bd, bt, session_id,
-                                     model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens)
-        yield {session: session_id, status: status_line(jobs, time.perf_counter(), 0, None)}
+        state, log_to, jobs = make_jobs(store, task_name, length_text, count, spacing_name, seed_text, mode_name,
+                                        haystack_name, params_json, upload_path, use_b, bm, bq, bd, bt, state,
+                                        model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens)
+        yield {session: state, status: status_line(jobs, time.perf_counter(), 0, None)}
         try:
-            yield from stream(jobs, "correct" if jobs[0].spec.mode == "generate" else "score", limit, None, progress)
+            yield from stream(jobs, log_to, "correct" if jobs[0].spec.mode == "generate" else "score", limit, None,
+                              progress)
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from exc
 
@@ -182,7 +186,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             job = open_job(store, "", resume_id=(sweep_id or "").strip())
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from exc
-        yield from stream([job], "correct" if job.spec.mode == "generate" else "score", limit, None, progress)
+        yield from stream([job], store, "correct" if job.spec.mode == "generate" else "score", limit, None, progress)
 
     def show_cell(ids, rows, evt: gr.SelectData):
         row = rows.iloc[evt.index[0]].to_dict() if hasattr(rows, "iloc") else rows[evt.index[0]]

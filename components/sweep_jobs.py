@@ -83,7 +83,8 @@ def run_job(job: SweepJob, store: Store | None, progress: Progress = no_progress
     stored = {row["key"] for row in job.rows}
     completed = False
     try:
-        for result in MANAGER.stream(job.config.model, lambda model, stop: run_sweep(model, spec, cells, stop)):
+        for result in MANAGER.stream(job.config.model, lambda model, stop: run_sweep(
+                model, spec, cells, stop, job.config.max_new_tokens)):
             row = result.row()
             if row["key"] in stored:  # never twice, even if a resumed job overlaps
                 continue

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
-                        create_engine, event, inspect, select, text)
+                        create_engine, event, func, inspect, select, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from engines.paths import lab_home
@@ -253,12 +253,52 @@ class Store:
             prompt = db.get(StoredContext, run.prompt_hash).text if run.prompt_hash else None
             return _run_dict(run) | {"prompt": prompt}
 
-    def list_runs(self, session_id: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    def list_runs(self, session_id: str | None = None, limit: int = 200, *, kind: str | None = None,
+                  model: str | None = None, task: str | None = None, since: datetime | None = None,
+                  min_score: float | None = None, include_cells: bool = True) -> list[dict[str, Any]]:
+        """Runs, newest first, filtered by the typed columns people filter on."""
         query = select(Run).order_by(Run.created_at.desc()).limit(limit)
         if session_id:
             query = query.where(Run.session_id == session_id)
+        if kind:
+            query = query.where(Run.kind == kind)
+        if model:
+            query = query.where(Run.model.contains(model))
+        if task:
+            query = query.where(Run.task.contains(task))
+        if since is not None:
+            query = query.where(Run.created_at >= since)
+        if min_score is not None:
+            query = query.where(Run.score >= min_score)
+        if not include_cells and not kind:
+            query = query.where(Run.kind != "sweep_cell")
         with self._sessions() as db:
             return [_run_dict(run) for run in db.scalars(query)]
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        """Every session with its run count, newest first."""
+        counts = select(Run.session_id, func.count(Run.id)).group_by(Run.session_id)
+        with self._sessions() as db:
+            runs = dict(db.execute(counts).all())
+            return [{"id": s.id, "name": s.name, "created_at": s.created_at.isoformat(timespec="seconds"),
+                     "runs": runs.get(s.id, 0)}
+                    for s in db.scalars(select(LabSession).order_by(LabSession.created_at.desc()))]
+
+    def get_session(self, session_id: str) -> dict[str, Any] | None:
+        with self._sessions() as db:
+            found = db.get(LabSession, session_id)
+            return None if found is None else {"id": found.id, "name": found.name,
+                                                "created_at": found.created_at.isoformat(timespec="seconds")}
+
+    def rename_session(self, session_id: str, name: str) -> None:
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise StorageError("A session name needs 1 to 200 characters.")
+        with self._sessions.begin() as db:
+            found = db.get(LabSession, session_id)
+            if found is None:
+                raise StorageError(f"No session with id '{session_id}'.")
+            found.name = name
 
 
 def _run_dict(run: Run) -> dict[str, Any]:

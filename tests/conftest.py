@@ -60,3 +60,26 @@ def tokenizer():
     from engines.models import embedded_model_dir
 
     return AutoTokenizer.from_pretrained(str(embedded_model_dir()))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def blank_url(request, tmp_path):
+    """A database URL with nothing in it: a new SQLite file, or the PostgreSQL server that .ci/run starts
+    (CONTEXT_LAB_TEST_POSTGRES_URL), emptied first."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lab.sqlite'}"
+    import os
+
+    from sqlalchemy import create_engine, text
+
+    url = os.environ.get("CONTEXT_LAB_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must test PostgreSQL: .ci/run sets CONTEXT_LAB_TEST_POSTGRES_URL")
+        pytest.skip("set CONTEXT_LAB_TEST_POSTGRES_URL to test PostgreSQL (.ci/run does)")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url
