@@ -9,10 +9,14 @@ from typing import Any, Callable
 
 from components.replay import replay
 from components.run_log import log_generation, log_probe, remember_upload
-from engines.generation import format_prompt, generate
+from engines.generation import format_prompt
 from engines.haystack import SOURCES, HaystackError, read_upload
+from engines.masks import KIND_PARAMS as MASK_KINDS
+from engines.masks import MaskSpec
 from engines.models import MANAGER, ModelError, console_progress
-from engines.probes import SCORE_MODES, max_prompt_tokens, run_probe
+from engines.rope import KIND_PARAMS as ROPE_KINDS
+from engines.rope import RopeSpec
+from engines.probes import SCORE_MODES, max_prompt_tokens, run_free, run_probe
 from engines.scoring import SCORERS
 from engines.specs import DTYPES, QUANT_4BIT_TYPES, QUANTS, ModelSpec, RunConfig, SpecError
 from components.sweep_jobs import open_job, parse_list, run_job, sweep_summary
@@ -52,6 +56,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--no-chat-template", action="store_true", help="feed the raw text")
     parser.add_argument("--max-new-tokens", type=int, help="default: 32, or the task preset's budget")
+    parser.add_argument("--rope", default="default", help="RoPE scaling KIND[:factor[,key=value...]], e.g. yarn:2 "
+                        f"(kinds: {', '.join(ROPE_KINDS)})")
+    parser.add_argument("--mask", default="causal", help="attention mask KIND[:key=value,...], e.g. "
+                        f"sinks:n_sink=4,window=1024 (kinds: {', '.join(MASK_KINDS)})")
     parser.add_argument("--session", help="log into this session id (default: a new session)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -60,7 +68,8 @@ def config_from_args(args: argparse.Namespace, default_new_tokens: int) -> RunCo
     spec = ModelSpec(model=args.model, quant=args.quant, quant_4bit_type=args.quant_4bit_type,
                      dtype=args.dtype, device=args.device)
     new_tokens = default_new_tokens if args.max_new_tokens is None else args.max_new_tokens
-    return RunConfig(model=spec, chat_template=not args.no_chat_template, max_new_tokens=new_tokens)
+    return RunConfig(model=spec, chat_template=not args.no_chat_template, max_new_tokens=new_tokens,
+                     rope=RopeSpec.parse(args.rope), mask=MaskSpec.parse(args.mask))
 
 
 def _store() -> Store:
@@ -98,7 +107,7 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
     config = config_from_args(args, default_new_tokens=32)
     loaded = MANAGER.get(config.model, first_use_progress)
     prompt = format_prompt(loaded.tokenizer, args.context, args.question, config.chat_template)
-    result = generate(loaded, prompt, config.max_new_tokens)
+    *_, result = run_free(loaded, prompt, config)
     store, session_id = _run_log(args)
     run_id = log_generation(store, session_id, "probe", config, loaded,
                             {"context": args.context, "question": args.question}, result)
@@ -119,7 +128,7 @@ def probe_task(args: argparse.Namespace) -> dict[str, Any]:
     store, session_id = _run_log(args)
     spec = remember_upload(store, spec, upload_text)
     instance = build_probe(loaded.tokenizer, spec, config.chat_template, upload_text, max_prompt_tokens(loaded))
-    *_, outcome = run_probe(loaded, instance, args.score, config.max_new_tokens)
+    *_, outcome = run_probe(loaded, instance, args.score, config)
     run_id = log_probe(store, session_id, config, loaded, outcome)
     return outcome.summary() | {"prompt": instance.prompt, "model": config.model.model,
                                 "dtype": loaded.dtype_name, "quant": config.model.quant, "run_id": run_id}
@@ -160,13 +169,16 @@ def config_with(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """`config` with --b key=value overrides: model fields (model, quant, dtype, ...) or run fields."""
     data = config.to_dict()
     for key, value in overrides.items():
-        if key in data["model"]:
+        if key in ("rope", "mask"):
+            parsed = (RopeSpec if key == "rope" else MaskSpec).parse(str(value))
+            data[key] = parsed.to_dict()
+        elif key in data["model"]:
             data["model"][key] = str(value) if key == "model" else value
         elif key in data and key != "model":
             data[key] = value
         else:
             raise SpecError(f"--b {key}=... is not a setting; use one of: "
-                            f"{', '.join([*data['model'], 'chat_template', 'max_new_tokens'])}.")
+                            f"{', '.join([*data['model'], 'chat_template', 'max_new_tokens', 'rope', 'mask'])}.")
     return RunConfig.from_dict(data)
 
 

@@ -146,3 +146,45 @@ def run_figures(run: dict) -> list[go.Figure]:
     if tokens:
         figs.append(token_probabilities(tokens))
     return figs
+
+
+def mask_picture(rows: list[list[bool]], positions: list[int], title: str) -> go.Figure:
+    """Which keys each query sees, sampled on a grid of positions (black: visible)."""
+    fig = go.Figure(go.Heatmap(z=[[1 if v else 0 for v in row] for row in rows], x=positions, y=positions,
+                               colorscale=[[0, "#f7f7f7"], [1, "#222222"]], showscale=False,
+                               hovertemplate="query %{y}, key %{x}: %{z}<extra></extra>"))
+    fig.update_layout(title=title, height=420, width=460, margin=dict(l=60, r=10, t=50, b=50),
+                      xaxis=dict(title="key position"), yaxis=dict(title="query position", autorange="reversed"))
+    return fig
+
+
+def rope_curves(curves: dict[str, dict[str, list[float]]], trained: int, factor: float) -> list[go.Figure]:
+    """Frequency ratio theta'/theta per pair, wavelength per pair against L and s*L, and the long-term
+    decay bound, one line per RoPE setting (curves[name] holds pair, ratio, wavelength, distance, decay)."""
+    ratio, wave, decay = go.Figure(), go.Figure(), go.Figure()
+    for name, c in curves.items():
+        ratio.add_trace(go.Scatter(x=c["pair"], y=c["ratio"], mode="lines+markers", name=name))
+        wave.add_trace(go.Scatter(x=c["pair"], y=c["wavelength"], mode="lines+markers", name=name))
+        decay.add_trace(go.Scatter(x=c["distance"], y=c["decay"], mode="lines", name=name))
+    wave.add_hline(y=trained, line_dash="dot", annotation_text=f"L = {trained}")
+    if factor != 1:
+        wave.add_hline(y=trained * factor, line_dash="dash", annotation_text=f"s x L = {trained * factor:g}")
+    ratio.update_layout(title="Frequency ratio theta'/theta per dimension pair", xaxis_title="pair i",
+                        yaxis=dict(title="theta'/theta", type="log"), height=340)
+    wave.update_layout(title="Wavelength 2 pi / theta' per pair", xaxis_title="pair i",
+                       yaxis=dict(title="tokens", type="log"), height=340)
+    decay.update_layout(title="Long-term decay: bound on the relative attention score", xaxis=dict(
+        title="relative distance (tokens)", type="log"), yaxis_title="relative upper bound", height=340)
+    return [ratio, wave, decay]
+
+
+def nll_stream(curves: dict[str, list[float]], smooth: int = 32) -> go.Figure:
+    """Per-token negative log-likelihood over a long stream (moving average), one line per setting."""
+    fig = go.Figure()
+    for name, values in curves.items():
+        averaged = [sum(values[max(0, i - smooth + 1):i + 1]) / len(values[max(0, i - smooth + 1):i + 1])
+                    for i in range(len(values))]
+        fig.add_trace(go.Scatter(y=averaged, mode="lines", name=name))
+    fig.update_layout(title=f"Per-token negative log-likelihood ({smooth}-token moving average)",
+                      xaxis_title="token position", yaxis_title="NLL (nats)", height=360)
+    return fig

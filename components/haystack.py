@@ -91,8 +91,8 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             prompt_box = gr.Textbox(lines=12, max_lines=30, interactive=False, show_label=False)
 
     def make(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
-             model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, progress):
-        run_config = config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens)
+             model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, progress):
+        run_config = config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask)
         spec = probe_spec(task_name, length_value, depth_value, seed_value, haystack_name, params_json)
         loaded = loaded_model(run_config, progress)
         try:
@@ -105,24 +105,24 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         return dataclasses.replace(run_config, max_new_tokens=instance.max_new_tokens), loaded, instance
 
     def build_only(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
-                   model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, progress=gr.Progress()):
+                   model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, progress=gr.Progress()):
         *_, instance = make(task_name, length_value, depth_value, seed_value, haystack_name, params_json,
-                            upload_path, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens,
+                            upload_path, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask,
                             progress)
         return {strip: needle_strip(list(instance.spans), instance.prompt_tokens), summary: summary_of(instance),
                 prompt_box: preview(instance)}
 
     def run(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path, mode_name,
-            state, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, progress=gr.Progress()):
+            state, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, progress=gr.Progress()):
         run_config, loaded, instance = make(
             task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
-            model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, progress)
+            model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, progress)
         shown = {strip: needle_strip(list(instance.spans), instance.prompt_tokens), summary: summary_of(instance),
                  prompt_box: preview(instance)}
         yield shown | {answer: "", score: None}
         text = ""
         for item in MANAGER.stream(run_config.model, lambda model_, should_stop: run_probe(
-                model_, instance, mode_name, run_config.max_new_tokens, should_stop)):
+                model_, instance, mode_name, run_config, should_stop)):
             if isinstance(item, ProbeOutcome):
                 break
             text += item.text

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from engines.models import MANAGER, ModelError, cpu_supports_bf16
+from engines.masks import MaskSpec
+from engines.rope import RopeSpec
 from engines.specs import DTYPES, EMBEDDED_MODEL, QUANT_4BIT_TYPES, QUANTS, ModelSpec, RunConfig, SpecError
 
 
@@ -22,20 +24,24 @@ class ConfigInputs:
     dtype: gr.Radio
     chat_template: gr.Checkbox
     max_new_tokens: gr.Number
+    rope: gr.Textbox
+    mask: gr.Textbox
     status: gr.Markdown  # shows the loaded model; not a config value
 
     def all(self) -> list:
         return [self.model, self.quant, self.quant_4bit_type, self.dtype, self.chat_template,
-                self.max_new_tokens]
+                self.max_new_tokens, self.rope, self.mask]
 
 
-def config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens) -> RunConfig:
+def config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope="default",
+                       mask="causal") -> RunConfig:
     """The RunConfig for the panel's values; a bad value becomes a gr.Error saying what to change."""
     try:
         if max_new_tokens is None or float(max_new_tokens) != int(max_new_tokens):
             raise SpecError("Max new tokens must be a whole number from 1 to 4096.")
         spec = ModelSpec(model=(model or "").strip(), quant=quant, quant_4bit_type=quant_4bit_type, dtype=dtype)
-        return RunConfig(model=spec, chat_template=bool(chat_template), max_new_tokens=int(max_new_tokens))
+        return RunConfig(model=spec, chat_template=bool(chat_template), max_new_tokens=int(max_new_tokens),
+                         rope=RopeSpec.parse(rope or "default"), mask=MaskSpec.parse(mask or "causal"))
     except (SpecError, ValueError, TypeError) as exc:
         raise gr.Error(str(exc)) from exc
 
@@ -59,9 +65,9 @@ def describe_loaded() -> str:
             f"memory {info['footprint_mb']} MB")
 
 
-def load(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens,
+def load(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask,
          progress=gr.Progress()) -> str:
-    loaded_model(config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens),
+    loaded_model(config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask),
                  progress)
     return describe_loaded()
 
@@ -81,8 +87,10 @@ def build() -> ConfigInputs:
         with gr.Row():
             chat_template = gr.Checkbox(True, label="Apply the chat template")
             max_new_tokens = gr.Number(32, precision=0, minimum=1, maximum=4096, label="Max new tokens")
+            rope = gr.Textbox("default", label="RoPE", info="KIND[:factor[,key=value]], e.g. yarn:2 (Context tab)")
+            mask = gr.Textbox("causal", label="Attention mask", info="KIND[:key=value,...], e.g. sinks:window=1024")
             load_button = gr.Button("Load", variant="secondary")
         status = gr.Markdown(describe_loaded())
-    inputs = ConfigInputs(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, status)
+    inputs = ConfigInputs(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, status)
     load_button.click(load, inputs.all(), status, api_name="load_model", concurrency_id="model")
     return inputs

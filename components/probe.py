@@ -5,7 +5,8 @@ import gradio as gr
 
 from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model
 from components.run_log import log_generation, session_for
-from engines.generation import GenerationResult, format_prompt, run_stream
+from engines.generation import GenerationResult, format_prompt
+from engines.probes import run_free
 from engines.models import MANAGER
 from storage.db import StorageError, Store
 
@@ -27,7 +28,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                     "template (unless switched off) and the answer streams with greedy decoding.")
         with gr.Row():
             with gr.Column(scale=3):
-                context = gr.Textbox(EXAMPLE_CONTEXT, lines=8, max_lines=20, label="Context")
+                context = gr.Textbox(EXAMPLE_CONTEXT, lines=8, max_lines=20, label="Context", elem_id="probe-context")
                 question = gr.Textbox(EXAMPLE_QUESTION, label="Question")
                 with gr.Row():
                     run = gr.Button("Run probe", variant="primary", elem_id="probe-run")
@@ -36,18 +37,18 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 answer = gr.Textbox(label="Answer", lines=4, interactive=False)
                 stats = gr.JSON(label="Prompt tokens, time to first token, tokens per second")
         with gr.Accordion("Prompt: the exact text fed to the model", open=False):
-            prompt_box = gr.Textbox(lines=10, max_lines=30, interactive=False, show_label=False)
+            prompt_box = gr.Textbox(lines=10, max_lines=30, interactive=False, show_label=False, elem_id="probe-prompt")
 
     def probe(context_text, question_text, state, model, quant, quant_4bit_type, dtype, chat_template,
-              max_new_tokens, progress=gr.Progress()):
-        run_config = config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens)
+              max_new_tokens, rope, mask, progress=gr.Progress()):
+        run_config = config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask)
         if not question_text or not question_text.strip():
             raise gr.Error("Enter a question: the probe needs something to ask about the context.")
         loaded = loaded_model(run_config, progress)
         prompt = format_prompt(loaded.tokenizer, context_text or "", question_text.strip(), run_config.chat_template)
         text = ""
-        events = MANAGER.stream(run_config.model, lambda model, should_stop: run_stream(
-            model, prompt, run_config.max_new_tokens, should_stop))
+        events = MANAGER.stream(run_config.model, lambda model, should_stop: run_free(
+            model, prompt, run_config, should_stop))
         for item in events:
             if isinstance(item, GenerationResult):
                 break

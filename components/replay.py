@@ -9,9 +9,9 @@ from typing import Any
 
 from components.run_log import log_generation, log_probe
 from components.sweep_jobs import open_job, run_job
-from engines.generation import format_prompt, generate
+from engines.generation import format_prompt
 from engines.models import MANAGER, Progress, no_progress
-from engines.probes import max_prompt_tokens, run_probe
+from engines.probes import max_prompt_tokens, run_free, run_probe
 from engines.specs import RunConfig
 from engines.sweeps import SweepSpec
 from engines.tasks import ProbeSpec, build_probe
@@ -40,7 +40,7 @@ def replay(store: Store, run_id: str, progress: Progress = no_progress) -> dict[
         upload_text = store.get_text(upload_hash) if upload_hash else None
         instance = build_probe(loaded.tokenizer, spec, config.chat_template, upload_text, max_prompt_tokens(loaded))
         with MANAGER.lock:
-            *_, outcome = run_probe(loaded, instance, inputs["mode"], config.max_new_tokens)
+            *_, outcome = run_probe(loaded, instance, inputs["mode"], config)
         new_id = log_probe(store, session_id, config, loaded, outcome, extra={"replay_of": run_id})
         old = run["outputs"].get("row", run["outputs"])
         differences = _differences(old, outcome.summary(), COMPARED)
@@ -48,7 +48,7 @@ def replay(store: Store, run_id: str, progress: Progress = no_progress) -> dict[
     elif kind == "probe":
         prompt = format_prompt(loaded.tokenizer, inputs["context"], inputs["question"], config.chat_template)
         with MANAGER.lock:
-            result = generate(loaded, prompt, config.max_new_tokens)
+            *_, result = run_free(loaded, prompt, config)
         new_id = log_generation(store, session_id, "probe", config, loaded, inputs | {"replay_of": run_id}, result)
         now = {"text": result.text, "token_ids": [t.token_id for t in result.tokens]}
         old = {"text": run["outputs"]["text"], "token_ids": [t["token_id"] for t in run["outputs"]["tokens"]]}

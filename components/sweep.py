@@ -47,7 +47,8 @@ def b_config(a: RunConfig, model, quant, dtype, chat_template) -> RunConfig:
                          dtype=dtype, device=a.model.device)
     except SpecError as exc:
         raise gr.Error(f"Configuration B: {exc}") from exc
-    return RunConfig(model=spec, chat_template=bool(chat_template), max_new_tokens=a.max_new_tokens)
+    return RunConfig(model=spec, chat_template=bool(chat_template), max_new_tokens=a.max_new_tokens,
+                     rope=a.rope, mask=a.mask)
 
 
 def status_line(jobs: list[SweepJob], started: float, done_now: int, estimated: float | None) -> str:
@@ -139,11 +140,11 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
 
     def make_jobs(log_to, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
                   params_json, upload_path, use_b, bm, bq, bd, bt, state, model, quant, quant_4bit_type,
-                  dtype, chat_template, max_new_tokens):
+                  dtype, chat_template, max_new_tokens, rope, mask):
         spec = sweep_spec(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
                           params_json)
         a = config_from_values(model, quant, quant_4bit_type, dtype, chat_template,
-                               load_tasks()[task_name].max_new_tokens)  # each task sets its own budget
+                               load_tasks()[task_name].max_new_tokens, rope, mask)  # each task sets its budget
         configs = [a] + ([b_config(a, bm, bq, bd, bt)] if use_b else [])
         try:
             upload_text = read_upload(upload_path) if upload_path else None
@@ -155,10 +156,10 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
 
     def estimate_time(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
                       params_json, upload_path, use_b, bm, bq, bd, bt, state, model, quant, quant_4bit_type,
-                      dtype, chat_template, max_new_tokens, progress=gr.Progress()):
+                      dtype, chat_template, max_new_tokens, rope, mask, progress=gr.Progress()):
         *_, jobs = make_jobs(None, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
                             params_json, upload_path, use_b, bm, bq, bd, bt, state, model, quant,
-                            quant_4bit_type, dtype, chat_template, max_new_tokens)  # nothing is recorded
+                            quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask)  # nothing is recorded
         try:
             figures_ = [estimate(job, lambda f, m: progress(f, desc=m)) for job in jobs]
         except USER_ERRORS as exc:
@@ -170,10 +171,10 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
 
     def run(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name, params_json,
             upload_path, use_b, bm, bq, bd, bt, state, limit, model, quant, quant_4bit_type, dtype,
-            chat_template, max_new_tokens, progress=gr.Progress()):
+            chat_template, max_new_tokens, rope, mask, progress=gr.Progress()):
         state, log_to, jobs = make_jobs(store, task_name, length_text, count, spacing_name, seed_text, mode_name,
                                         haystack_name, params_json, upload_path, use_b, bm, bq, bd, bt, state,
-                                        model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens)
+                                        model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask)
         yield {session: state, status: status_line(jobs, time.perf_counter(), 0, None)}
         try:
             yield from stream(jobs, log_to, "correct" if jobs[0].spec.mode == "generate" else "score", limit, None,

@@ -84,7 +84,7 @@ def run_job(job: SweepJob, store: Store | None, progress: Progress = no_progress
     completed = False
     try:
         for result in MANAGER.stream(job.config.model, lambda model, stop: run_sweep(
-                model, spec, cells, stop, job.config.max_new_tokens)):
+                model, spec, cells, stop, job.config)):
             row = result.row()
             if row["key"] in stored:  # never twice, even if a resumed job overlaps
                 continue

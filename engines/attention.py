@@ -41,8 +41,78 @@ def prefix_chunk_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
     return merge_by_lse([before[:2], own[:2]])
 
 
+def rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate already-rotated rows x [b, h, q, d] by `delta` more positions each ([q])."""
+    angles = delta.to(torch.float32)[:, None] * inv_freq.to(torch.float32)[None, :]
+    emb = torch.cat([angles, angles], dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    half = x.shape[-1] // 2
+    turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + turned.float() * sin).to(x.dtype)
+
+
+def _attend(query, key, value, mask, scaling):
+    """Attention output and log-sum-exp per row under a bool mask [q, k] (small: one block);
+    rows that see nothing get weight zero."""
+    additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(~mask, float("-inf"))
+    out, lse = _flash_with_lse(query, key, value, attn_mask=additive[None, None], scale=scaling)[:2]
+    blind = ~mask.any(dim=-1)  # the kernel reports 0, not -inf, for a row that sees no key
+    return out.nan_to_num().masked_fill(blind[:, None], 0.0), lse.masked_fill(blind, float("-inf"))
+
+
+def _window_attention(query, key, value, q_pos, window, scaling, block=512):
+    """Causal attention limited to the last `window` keys, one block of queries at a time, so no
+    mask is larger than block x (block + window)."""
+    outs, lses = [], []
+    for start in range(0, query.shape[2], block):
+        rows = q_pos[start:start + block]
+        low, high = max(0, int(rows[0]) - window + 1), int(rows[-1]) + 1
+        keys = torch.arange(low, high, device=query.device)
+        seen = (keys[None, :] <= rows[:, None]) & (rows[:, None] - keys[None, :] < window)
+        out, lse = _attend(query[:, :, start:start + block], key[:, :, low:high], value[:, :, low:high], seen,
+                           scaling)
+        outs.append(out)
+        lses.append(lse)
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
+def two_branch_attention(module, query, key, value, scaling):
+    """Window masks without a dense mask: a local window with normal RoPE, computed block by block,
+    plus the first keys (sinks, Lambda's global keys) where they fall outside the window, merged by
+    log-sum-exp. Sinks with re-indexing and Lambda change the distance to those first keys by
+    rotating the query (and, for Lambda, un-rotating the keys). Shapes as in prefix_chunk_attention;
+    absolute positions are the cache indices."""
+    rule = module.config.lab_context
+    spec, inv_freq = rule.mask, rule.inv_freq
+    q_len, kv_len = query.shape[2], key.shape[2]
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
+    k_pos = torch.arange(kv_len, device=query.device)
+    window = spec.get("n_local") if spec.kind == "lambda" else spec.get("window")
+    first = {"sinks": "n_sink", "lambda": "n_global"}.get(spec.kind)
+    parts = [_window_attention(query, key, value, q_pos, window, scaling)]
+    count = min(spec.get(first), kv_len) if first else 0
+    far = (q_pos[:, None] - k_pos[None, :count] >= window)
+    if count and bool(far.any()):
+        if spec.kind == "sinks" and not spec.get("reindex"):  # sinks at their true distance
+            q_far, k_far = query, key[:, :, :count]
+        elif spec.kind == "sinks":  # the cache holds sinks then window: the query sits at n_sink + window - 1
+            q_far = rotate(query, q_pos.clamp(max=count + window - 1) - q_pos, inv_freq)
+            k_far = key[:, :, :count]
+        else:  # global keys unrotated, the query at d_max
+            d_max = spec.get("d_max") or spec.get("n_local")
+            q_far = rotate(query, d_max - q_pos, inv_freq)
+            k_far = rotate(key[:, :, :count], -k_pos[:count], inv_freq)
+        parts.append(_attend(q_far, k_far, value[:, :, :count], far, scaling))
+    return merge_by_lse(parts)
+
+
 def lab_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     q_len, kv_len = query.shape[2], key.shape[2]
+    rule = getattr(module.config, "lab_context", None)
+    if rule is not None and rule.two_branch and query.device.type == "cpu":
+        groups = getattr(module, "num_key_value_groups", 1)
+        out = two_branch_attention(module, query, repeat_kv(key, groups), repeat_kv(value, groups), scaling)
+        return out.transpose(1, 2).contiguous(), None
     if (query.device.type == "cpu" and dropout == 0.0 and 1 < q_len < kv_len
             and is_causal_after_prefix(attention_mask, q_len, kv_len)):
         groups = getattr(module, "num_key_value_groups", 1)
@@ -52,8 +122,22 @@ def lab_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, sca
                                   scaling=scaling, **kwargs)
 
 
+def lab_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, config=None,
+             allow_is_causal_skip=True, **kwargs):
+    """transformers' sdpa mask, unless the model carries a lab mask rule: then a bool mask from it."""
+    rule = getattr(config, "lab_context", None)
+    if rule is None or rule.visibility is None:
+        return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                         kv_offset=kv_offset, mask_function=mask_function, config=config,
+                         allow_is_causal_skip=allow_is_causal_skip, **kwargs)
+    device = kwargs.get("device", "cpu")
+    q = torch.arange(q_offset, q_offset + q_length, device=device)[:, None]
+    k = torch.arange(kv_offset, kv_offset + kv_length, device=device)[None, :]
+    return rule.visibility(q, k)[None, None].expand(batch_size, 1, -1, -1)
+
+
 AttentionInterface.register(LAB_ATTENTION, lab_sdpa_forward)
-AttentionMaskInterface.register(LAB_ATTENTION, sdpa_mask)
+AttentionMaskInterface.register(LAB_ATTENTION, lab_mask)
 
 
 def use_lab_attention(model) -> None:

@@ -146,30 +146,38 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 @torch.inference_mode()
 def stream_greedy(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: int,
                   should_stop: Callable[[], bool] = lambda: False,
-                  prefix: PrefixCache | None = None) -> Iterator[TokenEvent]:
+                  prefix: PrefixCache | None = None,
+                  positions: torch.Tensor | None = None) -> Iterator[TokenEvent]:
     """Greedy decoding with a KV cache, one event per new token; stops at EOS or the budget.
 
     With `prefix`, the cached part of the prompt is not computed again, and afterwards the cache
-    holds exactly the prompt, ready for the next one.
+    holds exactly the prompt, ready for the next one. `positions` [seq] gives the prompt's position
+    ids when they are not 0..n-1 (shared document positions); new tokens continue after the largest.
     """
     model, tokenizer = loaded.model, loaded.tokenizer
     prefix = prefix or PrefixCache()
+    if positions is not None:
+        prefix.reset()  # cached keys were placed at other positions
     ids = input_ids[0].tolist()
     reused = prefix.reuse_for(ids)
     prefix.ids = ids
     eos, delta, cache = _eos_ids(loaded), TextDelta(tokenizer), prefix.cache
     started = time.perf_counter()
     next_input = input_ids[:, reused:].to(loaded.device)
+    position_ids = None if positions is None else positions[None, reused:].to(loaded.device)
     try:
         for index in range(max_new_tokens):
             if should_stop():
                 return
-            logits = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+            logits = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1,
+                           position_ids=position_ids).logits[0, -1]
             token_id = int(logits.argmax())
             if token_id in eos:
                 return
             yield event_from_logits(tokenizer, logits, token_id, index, delta.add(token_id), started)
             next_input = torch.tensor([[token_id]], device=loaded.device)
+            if positions is not None:
+                position_ids = torch.tensor([[int(positions.max()) + 1 + index]], device=loaded.device)
     except Exception:
         prefix.reset()  # a forward pass that failed may have filled only some layers
         raise
@@ -180,12 +188,13 @@ def stream_greedy(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: 
 
 def run_stream(loaded: LoadedModel, prompt: str, max_new_tokens: int,
                should_stop: Callable[[], bool] = lambda: False,
-               prefix: PrefixCache | None = None) -> Iterator[TokenEvent | GenerationResult]:
+               prefix: PrefixCache | None = None,
+               positions: torch.Tensor | None = None) -> Iterator[TokenEvent | GenerationResult]:
     """Greedy decoding of `prompt`: yields each TokenEvent, then the GenerationResult last."""
     input_ids = encode(loaded.tokenizer, prompt)
     started = time.perf_counter()
     events: list[TokenEvent] = []
-    for event in stream_greedy(loaded, input_ids, max_new_tokens, should_stop, prefix):
+    for event in stream_greedy(loaded, input_ids, max_new_tokens, should_stop, prefix, positions):
         events.append(event)
         yield event
     yield summarize(prompt, input_ids.shape[1], events, time.perf_counter() - started,

@@ -213,4 +213,7 @@ def render(src: Source, fillers: list[str], pieces: list[Piece], filler_tokens: 
         if piece is not None:
             label = piece.label or (f"Document [{index + 1}]" if src.numbered else piece.kind)
             spans.append(Span(piece.kind, label, start, len(text)))
+        elif src.numbered:  # every document's place, for segment masks and per-document plots
+            spans.append(Span("document", f"Document [{index + 1}]", start - len(f"Document [{index + 1}]"),
+                              len(text)))
     return text + src.closing, spans

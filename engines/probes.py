@@ -11,7 +11,9 @@ import torch
 
 from engines.generation import GenerationResult, PrefixCache, TokenEvent, encode, run_stream
 from engines.models import LoadedModel
+from engines.context import configure
 from engines.scoring import Score, score
+from engines.specs import RunConfig
 from engines.tasks import ProbeInstance
 
 SCORE_MODES = ("generate", "logprob")
@@ -81,7 +83,7 @@ def max_prompt_tokens(loaded: LoadedModel) -> int:
 
 @torch.inference_mode()
 def logprob_of(loaded: LoadedModel, prompt: str, target: str, lead: str = "",
-               prefix: PrefixCache | None = None) -> LogprobResult:
+               prefix: PrefixCache | None = None, positions: torch.Tensor | None = None) -> LogprobResult:
     """log p(target | prompt + lead) with per-token probabilities and whether greedy would produce it.
 
     `lead` is the answer's usual opening ("The pass key is"): it is fed but not scored, so the score
@@ -96,10 +98,15 @@ def logprob_of(loaded: LoadedModel, prompt: str, target: str, lead: str = "",
     ids = torch.cat([prompt_ids, continuation_ids], dim=1)
     count = continuation_ids.shape[1]
     prefix = prefix or PrefixCache()
+    position_ids = None
+    if positions is not None:
+        prefix.reset()
+        after = torch.arange(count) + int(positions.max()) + 1
+        position_ids = torch.cat([positions, after])[None].to(loaded.device)
     reused = prefix.reuse_for(ids[0].tolist(), recompute_last=count + 1)
     try:
         logits = loaded.model(input_ids=ids[:, reused:].to(loaded.device), cache=prefix.cache, use_cache=True,
-                              logits_to_keep=count + 1).logits[0, :-1].float()
+                              logits_to_keep=count + 1, position_ids=position_ids).logits[0, :-1].float()
     except Exception:
         prefix.reset()
         raise
@@ -117,20 +124,36 @@ def logprob_of(loaded: LoadedModel, prompt: str, target: str, lead: str = "",
 
 
 def run_probe(loaded: LoadedModel, instance: ProbeInstance, mode: str = "generate",
-              max_new_tokens: int | None = None, should_stop: Callable[[], bool] = lambda: False,
+              config: RunConfig | None = None, should_stop: Callable[[], bool] = lambda: False,
               prefix: PrefixCache | None = None) -> Iterator[TokenEvent | ProbeOutcome]:
-    """Yields TokenEvents while generating (none in logprob mode), then the ProbeOutcome."""
+    """Yields TokenEvents while generating (none in logprob mode), then the ProbeOutcome.
+
+    `config` brings the RoPE kind, the mask and the new-token budget (default: the task's budget,
+    default RoPE, causal mask)."""
     if mode not in SCORE_MODES:
         raise ValueError(f"Unknown scoring mode '{mode}'. Choose one of: {', '.join(SCORE_MODES)}.")
+    config = config or RunConfig(max_new_tokens=instance.max_new_tokens)
+    positions = configure(loaded.model, config.rope, config.mask, list(instance.spans), instance.prompt_tokens)
+    if config.mask.looks_ahead:
+        prefix = None
+    max_new_tokens = config.max_new_tokens
     if mode == "logprob":
-        result = logprob_of(loaded, instance.prompt, instance.logprob_target, instance.logprob_lead, prefix)
+        result = logprob_of(loaded, instance.prompt, instance.logprob_target, instance.logprob_lead, prefix,
+                            positions)
         outcome = Score(round(result.prob, 6), result.greedy_match,
                         {"logprob": result.logprob, "mean_logprob": result.mean_logprob})
         yield ProbeOutcome(instance, mode, result.target, outcome, logprob=result)
         return
-    for item in run_stream(loaded, instance.prompt, max_new_tokens or instance.max_new_tokens, should_stop, prefix):
+    for item in run_stream(loaded, instance.prompt, max_new_tokens, should_stop, prefix, positions):
         if isinstance(item, GenerationResult):
             yield ProbeOutcome(instance, mode, item.text, score(instance.scorer, item.text, instance.expected, instance.question),
                                generation=item)
         else:
             yield item
+
+
+def run_free(loaded: LoadedModel, prompt: str, config: RunConfig,
+             should_stop: Callable[[], bool] = lambda: False) -> Iterator[TokenEvent | GenerationResult]:
+    """A free prompt under the config's RoPE and mask: TokenEvents, then the GenerationResult."""
+    configure(loaded.model, config.rope, config.mask)
+    yield from run_stream(loaded, prompt, config.max_new_tokens, should_stop)

@@ -65,22 +65,34 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The one configuration every tab shares: model plus how the prompt is fed and decoded."""
+    """The one configuration every tab shares: model, RoPE, mask, and how the prompt is fed and decoded."""
 
     model: ModelSpec = field(default_factory=ModelSpec)
     chat_template: bool = True
     max_new_tokens: int = 32
+    rope: Any = None  # engines.rope.RopeSpec; None means the model's own RoPE
+    mask: Any = None  # engines.masks.MaskSpec; None means plain causal
 
     def __post_init__(self):
+        from engines.masks import MaskSpec
+        from engines.rope import RopeSpec
+
         if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 4096:
             raise SpecError("Max new tokens must be a whole number from 1 to 4096.")
+        object.__setattr__(self, "rope", self.rope or RopeSpec())
+        object.__setattr__(self, "mask", self.mask or MaskSpec())
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "chat_template": self.chat_template,
-                "max_new_tokens": self.max_new_tokens}
+                "max_new_tokens": self.max_new_tokens, "rope": self.rope.to_dict(), "mask": self.mask.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        from engines.masks import MaskSpec
+        from engines.rope import RopeSpec
+
         data = dict(data)
         data["model"] = ModelSpec.from_dict(data.get("model", {}))
+        data["rope"] = RopeSpec.from_dict(data.get("rope") or {})
+        data["mask"] = MaskSpec.from_dict(data.get("mask") or {})
         return _from_dict(cls, data)

@@ -18,6 +18,7 @@ from engines.generation import PrefixCache, common_prefix, encode
 from engines.haystack import HaystackError
 from engines.models import LoadedModel
 from engines.probes import SCORE_MODES, ProbeOutcome, run_probe
+from engines.specs import RunConfig
 from engines.tasks import ProbeInstance, ProbeSpec, build_probe, get_task
 
 DEPTH_SPACINGS = ("linear", "sigmoid")
@@ -135,17 +136,17 @@ def computed_spans(tokenizer, instances: list[ProbeInstance], mode: str) -> list
 
 def run_sweep(loaded: LoadedModel, spec: SweepSpec, cells: list[tuple[Cell, ProbeInstance]],
               should_stop: Callable[[], bool] = lambda: False,
-              max_new_tokens: int | None = None) -> Iterator[CellResult]:
+              config: RunConfig | None = None) -> Iterator[CellResult]:
     """Run the given cells in order, sharing prefixes; a cancelled cell is not yielded.
 
-    `max_new_tokens` defaults to the task preset's budget."""
+    `config` brings RoPE, mask and new-token budget (default: the task preset's budget)."""
     prefix = PrefixCache()
     for cell, instance in cells:
         if should_stop():
             return
         ids = encode(loaded.tokenizer, instance.prompt)[0].tolist()
         computed = len(ids) - min(common_prefix(prefix.ids, ids), len(ids) - 1)
-        *_, outcome = run_probe(loaded, instance, spec.mode, max_new_tokens, should_stop, prefix)
+        *_, outcome = run_probe(loaded, instance, spec.mode, config, should_stop, prefix)
         if outcome.generation is not None and outcome.generation.finish == "cancelled":
             return
         yield CellResult(cell, outcome, computed)

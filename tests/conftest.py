@@ -83,3 +83,11 @@ def blank_url(request, tmp_path):
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     return url
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Marks a failed test so the browser tests' page fixture keeps a screenshot."""
+    report = (yield).get_result()
+    if report.when == "call" and report.failed:
+        item.outcome_failed = True

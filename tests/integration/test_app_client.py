@@ -5,7 +5,7 @@ from gradio_client import Client
 pytestmark = pytest.mark.model
 
 CONFIG = {"model": "smollm2-135m-instruct", "quant": "none", "quant_4bit_type": "nf4", "dtype": "auto",
-          "chat_template": True, "max_new_tokens": 32}
+          "chat_template": True, "max_new_tokens": 32, "rope": "default", "mask": "causal"}
 
 
 def test_probe_through_gradio_client_answers_and_logs(served_app):

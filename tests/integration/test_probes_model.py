@@ -77,7 +77,7 @@ def test_prompt_limit_comes_from_the_model_and_memory(embedded):
 def test_haystack_tab_through_gradio_client(served_app):
     url, store = served_app
     client = Client(url, verbose=False)
-    config = ["smollm2-135m-instruct", "none", "nf4", "auto", True, 32]
+    config = ["smollm2-135m-instruct", "none", "nf4", "auto", True, 32, "default", "causal"]
     figure, summary, prompt = client.predict("passkey", 1000, 50, 2, "preset", "{}", None, *config,
                                              api_name="/haystack_build")
     assert abs(summary["prompt_tokens"] - 1000) <= 10 and summary["expected"][0] in prompt

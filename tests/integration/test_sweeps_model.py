@@ -107,7 +107,7 @@ def test_cli_sweep_prints_cells_and_resumes(tmp_path):
 def test_sweep_tab_through_gradio_client(served_app):
     url, store = served_app
     client = Client(url, verbose=False)
-    config = ["smollm2-135m-instruct", "none", "nf4", "auto", True, 32]
+    config = ["smollm2-135m-instruct", "none", "nf4", "auto", True, 32, "default", "causal"]
     grid = ["passkey", "400,800", 2, "linear", "1", "generate", "preset", "{}", None, False,
             "smollm2-135m-instruct", "none", "fp32", True]
     estimate = client.predict(*grid, *config, api_name="/sweep_estimate")

@@ -1,0 +1,101 @@
+"""The context engine on the embedded model: default settings change nothing, masks equal eager
+attention with the same mask, settings reach the run log, the Context tab draws its pictures."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from gradio_client import Client
+
+from conftest import ROOT
+from engines.context import configure, token_nll
+from engines.masks import MaskSpec, visible
+from engines.rope import RopeSpec
+
+pytestmark = pytest.mark.model
+
+
+def test_default_settings_give_the_unmodified_logits(embedded):
+    ids = torch.randint(100, 5000, (1, 300))
+    model = embedded.model
+    with torch.inference_mode():
+        model.set_attn_implementation("sdpa")
+        plain = model(input_ids=ids).logits
+        model.set_attn_implementation("lab_sdpa")
+        configure(model, RopeSpec("yarn", 2.0), MaskSpec("sinks", {"n_sink": 4, "window": 64}))
+        changed = model(input_ids=ids).logits
+        configure(model, RopeSpec(), MaskSpec())
+        back = model(input_ids=ids).logits
+    assert torch.equal(back, plain)
+    assert not torch.allclose(changed, plain, atol=1e-2)
+
+
+@pytest.mark.parametrize("text", ["sliding_window:window=32", "sinks:n_sink=4,window=32"])
+def test_masks_equal_eager_attention_with_a_4d_mask(text):
+    from engines.models import MANAGER
+    from engines.specs import ModelSpec
+
+    model, mask = MANAGER.get(ModelSpec(dtype="fp32")).model, MaskSpec.parse(text)
+    ids = torch.randint(100, 5000, (1, 96))
+    rows = visible(mask, torch.arange(96)[:, None], torch.arange(96)[None, :])
+    additive = torch.zeros(96, 96, dtype=model.dtype).masked_fill(~rows, torch.finfo(model.dtype).min)[None, None]
+    with torch.inference_mode():
+        configure(model, RopeSpec(), mask)
+        ours = model(input_ids=ids).logits.float()
+        configure(model, RopeSpec(), MaskSpec())
+        model.set_attn_implementation("eager")
+        try:
+            reference = model(input_ids=ids, attention_mask=additive).logits.float()
+        finally:
+            model.set_attn_implementation("lab_sdpa")
+    assert torch.allclose(ours, reference, atol=1e-2)  # logits of size 10-30; a wrong mask differs by whole units
+
+
+def test_window_alone_spikes_where_sinks_stay_flat(embedded):
+    """The StreamingLLM picture on real text: once the first tokens leave a small window the NLL rises;
+    keeping 4 sink tokens brings it back down."""
+    from engines.generation import encode
+    from engines.haystack import prose_sentences
+
+    ids = encode(embedded.tokenizer, " ".join(prose_sentences()[:200]))[:, :1200]
+    window = token_nll(embedded.model, ids, RopeSpec(), MaskSpec("sliding_window", {"window": 128}))
+    sinks = token_nll(embedded.model, ids, RopeSpec(), MaskSpec("sinks", {"n_sink": 4, "window": 128}))
+    full = token_nll(embedded.model, ids, RopeSpec(), MaskSpec())
+    tail = slice(400, None)
+    mean = lambda values: sum(values[tail]) / len(values[tail])
+    assert mean(window) > mean(sinks) + 0.5 and mean(sinks) < mean(full) + 1.0
+
+
+def test_rope_and_mask_flags_reach_the_run_log(private_data_dir):
+    done = subprocess.run([sys.executable, str(ROOT / "app.py"), "probe", "--task", "passkey", "--length", "600",
+                           "--rope", "yarn:2", "--mask", "sinks:n_sink=4,window=256", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    from storage.db import Store
+
+    config = Store().get_run(run_id)["config"]
+    assert config["rope"] == {"kind": "yarn", "factor": 2.0, "params": {}}
+    assert config["mask"] == {"kind": "sinks", "params": {"n_sink": 4, "window": 256}}
+
+
+def test_context_tab_draws_pictures_and_the_stream(served_app):
+    url, _ = served_app
+    client = Client(url, verbose=False)
+    config = ["smollm2-135m-instruct", "none", "nf4", "auto", True, 32, "yarn:4", "sinks:n_sink=4,window=512"]
+    figures = client.predict(2048, *config, api_name="/context_pictures")
+    assert len(figures) == 4 and all(f is not None for f in figures)
+    assert client.predict(300, *config, api_name="/context_nll") is not None
+    with pytest.raises(Exception, match="out of range"):
+        client.predict(2048, *config[:6], "yarn:100", "causal", api_name="/context_pictures")
+
+
+@pytest.mark.slow
+def test_beyond_the_trained_window_preset(served_app):
+    url, _ = served_app
+    client = Client(url, verbose=False)
+    config = ["smollm2-135m-instruct", "none", "nf4", "auto", True, 16, "default", "causal"]
+    result = client.predict("beyond the trained window", *config, api_name="/context_preset")
+    by_setting = {r["setting"]: r["correct"] for r in result["results"]}
+    assert by_setting == {"default RoPE": False, "YaRN x2": True}

@@ -1,0 +1,152 @@
+"""Attention masks: the visibility rules against masks built independently here, and the model run
+under each mask against direct computations on a small random Llama."""
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from engines.attention import lab_mask
+from engines.context import configure
+from engines.masks import PREFIX, SUFFIX, MaskSpec, segment_ids, shared_positions, visible
+from engines.rope import RopeSpec
+from engines.specs import SpecError
+
+N = 24
+SEGMENTS = torch.tensor([PREFIX] * 4 + [0] * 6 + [1] * 6 + [2] * 4 + [SUFFIX] * 4)
+
+
+def reference(kind: str, params: dict, i: int, j: int) -> bool:
+    """The rules written out for one (query, key) pair, apart from engines/masks.py."""
+    if j > i and kind != "pine":
+        return False
+    if kind == "causal":
+        return True
+    if kind == "sliding_window":
+        return i - j < params["window"]
+    if kind == "sinks":
+        return j < params["n_sink"] or i - j < params["window"]
+    if kind == "lambda":
+        return j < params["n_global"] or i - j < params["n_local"]
+    seg_i = int(SEGMENTS[i]) if i < len(SEGMENTS) else SUFFIX
+    seg_j = int(SEGMENTS[j]) if j < len(SEGMENTS) else SUFFIX
+    within = seg_i == seg_j or seg_j == PREFIX or seg_i == SUFFIX
+    if kind == "segments":
+        return within
+    if j > i:  # pine: later tokens only from another document
+        return seg_i >= 0 and seg_j >= 0 and seg_i != seg_j
+    return within or (seg_i >= 0 and seg_j >= 0)
+
+
+@pytest.mark.parametrize("kind, params", [
+    ("causal", {}), ("sliding_window", {"window": 5}), ("sinks", {"n_sink": 2, "window": 5}),
+    ("lambda", {"n_global": 3, "n_local": 6}), ("segments", {}), ("pine", {}),
+])
+def test_visibility_equals_the_rules_written_out(kind, params):
+    spec = MaskSpec(kind, params)
+    got = visible(spec, torch.arange(N + 3)[:, None], torch.arange(N + 3)[None, :], SEGMENTS)
+    expected = torch.tensor([[reference(kind, params, i, j) for j in range(N + 3)] for i in range(N + 3)])
+    assert torch.equal(got, expected)
+
+
+def test_segments_and_shared_positions_from_spans():
+    spans = [{"kind": "haystack", "token_start": 2, "token_end": 20}, {"kind": "document", "token_start": 4, "token_end": 9},
+             {"kind": "gold", "token_start": 10, "token_end": 16}, {"kind": "document", "token_start": 16, "token_end": 20}]
+    segments = segment_ids(24, spans)
+    assert segments.tolist() == [PREFIX] * 4 + [0] * 6 + [1] * 6 + [2] * 4 + [SUFFIX] * 4
+    positions = shared_positions(segments)
+    assert positions[:4].tolist() == [0, 1, 2, 3]
+    assert positions[4] == positions[10] == positions[16] == 4  # every document starts at 4
+    assert positions[20:].tolist() == [10, 11, 12, 13]  # after the longest document (6 tokens)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("sinks:n_sink=8,window=4", "must be larger than the sink count"),
+    ("sliding_window:window=0", "at least 1"),
+    ("blur", "Unknown mask kind 'blur'"),
+    ("sinks:size=3", "has no setting size"),
+    ("sinks:window=ten", "Could not read 'window=ten'"),
+])
+def test_bad_mask_settings(text, words):
+    with pytest.raises(SpecError, match=words):
+        MaskSpec.parse(text)
+
+
+@pytest.fixture()
+def one_layer():
+    torch.manual_seed(3)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e4})
+    model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation("lab_sdpa")
+    return model
+
+
+def eager_with_mask(model, ids, mask_rows):
+    """Eager attention with an explicit additive 4D mask built from a bool matrix."""
+    model.set_attn_implementation("eager")
+    additive = torch.zeros(mask_rows.shape).masked_fill(~mask_rows, float("-inf"))[None, None]
+    try:
+        return model(input_ids=ids, attention_mask=additive).logits
+    finally:
+        model.set_attn_implementation("lab_sdpa")
+
+
+@pytest.mark.parametrize("spec", [MaskSpec("sliding_window", {"window": 7}), MaskSpec("sinks", {"n_sink": 3, "window": 7})])
+def test_masked_model_equals_eager_attention_with_the_same_mask(one_layer, spec):
+    ids = torch.randint(0, 64, (1, 40))
+    with torch.inference_mode():
+        configure(one_layer, RopeSpec(), spec)
+        ours = one_layer(input_ids=ids).logits
+        rows = visible(spec, torch.arange(40)[:, None], torch.arange(40)[None, :])
+        assert torch.allclose(ours, eager_with_mask(one_layer, ids, rows), atol=1e-5)
+        configure(one_layer, RopeSpec(), MaskSpec())
+
+
+def last_logits_at_positions(model, ids, positions):
+    with torch.inference_mode():
+        return model(input_ids=ids[None], position_ids=positions[None]).logits[0, -1]
+
+
+def test_sinks_with_reindexing_equal_a_streaming_cache(one_layer):
+    """With one layer, the query's output depends only on which tokens it sees and their positions: a
+    cache holding sinks + window at slots 0..n_sink+window-1 is the reference."""
+    n_sink, window, length = 3, 6, 30
+    ids = torch.randint(0, 64, (length,))
+    with torch.inference_mode():
+        configure(one_layer, RopeSpec(), MaskSpec("sinks", {"n_sink": n_sink, "window": window, "reindex": 1}))
+        ours = one_layer(input_ids=ids[None]).logits[0]
+        configure(one_layer, RopeSpec(), MaskSpec())
+    for i in (n_sink + window + 2, 20, length - 1):
+        kept = list(range(n_sink)) + list(range(i - window + 1, i + 1))
+        expected = last_logits_at_positions(one_layer, ids[kept], torch.arange(len(kept)))
+        assert torch.allclose(ours[i], expected, atol=1e-4), i
+    with torch.inference_mode():
+        plain = one_layer(input_ids=ids[None]).logits[0]
+    assert torch.allclose(ours[: n_sink + window], plain[: n_sink + window], atol=1e-5)  # cache not full yet
+
+
+def test_lambda_mask_caps_the_distance_to_global_keys(one_layer):
+    n_global, n_local, length = 2, 6, 30
+    ids = torch.randint(0, 64, (length,))
+    with torch.inference_mode():
+        configure(one_layer, RopeSpec(), MaskSpec("lambda", {"n_global": n_global, "n_local": n_local}))
+        ours = one_layer(input_ids=ids[None]).logits[0]
+        configure(one_layer, RopeSpec(), MaskSpec())
+    for i in (15, length - 1):
+        far = [j for j in range(n_global) if i - j >= n_local]
+        local = list(range(i - n_local + 1, i + 1))
+        kept = far + local
+        positions = torch.tensor([i - n_local] * len(far) + local)  # global keys at distance d_max = n_local
+        expected = last_logits_at_positions(one_layer, ids[kept], positions)
+        assert torch.allclose(ours[i], expected, atol=1e-4), i
+
+
+def test_causal_keeps_the_fused_path_and_default_equals_the_unmodified_model(one_layer):
+    ids = torch.randint(0, 64, (1, 30))
+    with torch.inference_mode():
+        before = one_layer(input_ids=ids).logits
+        configure(one_layer, RopeSpec(), MaskSpec("sliding_window", {"window": 4}))
+        assert not torch.allclose(one_layer(input_ids=ids).logits, before)
+        configure(one_layer, RopeSpec(), MaskSpec())
+        assert torch.equal(one_layer(input_ids=ids).logits, before)
+    assert lab_mask(1, 30, 30, config=one_layer.config) is None  # no mask at all: the fused causal kernel
