@@ -46,9 +46,14 @@ def preload_default_model() -> None:
 
 
 def serve() -> None:
-    from storage.db import Store
+    from storage.db import StorageError, Store
 
-    demo = build_ui(Store())
+    try:
+        store = Store()
+    except StorageError as exc:  # the lab still serves; runs are not logged
+        print(f"[context-lab] {exc} Runs will not be logged.", file=sys.stderr)
+        store = None
+    demo = build_ui(store)
     if os.environ.get("CONTEXT_LAB_PRELOAD", "1") != "0":
         threading.Thread(target=preload_default_model, name="preload", daemon=True).start()
     demo.queue(default_concurrency_limit=4).launch(

@@ -22,6 +22,8 @@ from engines.specs import DTYPES, QUANT_4BIT_TYPES, QUANTS, ModelSpec, RunConfig
 from components.sweep_jobs import open_job, parse_list, run_job, sweep_summary
 from engines.sweeps import SweepSpec
 from engines.tasks import ProbeSpec, build_probe, get_task, load_tasks
+from sqlalchemy.exc import SQLAlchemyError
+
 from storage.db import StorageError, Store, logging_enabled
 from storage.transfer import export_session, import_session
 
@@ -42,7 +44,9 @@ def first_use_progress(fraction: float, message: str) -> None:
 
 
 def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    """Print one line on stderr (control characters from the user's input shown escaped); exit code 2."""
+    line = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+    print(f"error: {line}", file=sys.stderr)
     return 2
 
 
@@ -76,13 +80,26 @@ def _store() -> Store:
     return Store()
 
 
+def kept_if_unsaved(write: Callable[[], str | None]) -> str | None:
+    """Write a finished run; if the log cannot take it, say so on stderr and keep the result."""
+    try:
+        return write()
+    except StorageError as exc:
+        print(f"warning: {exc}", file=sys.stderr)
+        return None
+
+
 def _run_log(args: argparse.Namespace) -> tuple[Store | None, str]:
     """Where a run is logged: the store and session (--session or a new "CLI" one), or nothing when
     logging is off (CONTEXT_LAB_LOGGING=0): then no file is created or written."""
     if not logging_enabled():
         return None, ""
-    store = Store()
-    return store, args.session or store.new_session("CLI")
+    try:
+        store = Store()
+        return store, args.session or store.new_session("CLI")
+    except (StorageError, SQLAlchemyError) as exc:
+        print(f"warning: the run will not be logged: {exc}", file=sys.stderr)
+        return None, ""
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -109,8 +126,8 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
     prompt = format_prompt(loaded.tokenizer, args.context, args.question, config.chat_template)
     *_, result = run_free(loaded, prompt, config)
     store, session_id = _run_log(args)
-    run_id = log_generation(store, session_id, "probe", config, loaded,
-                            {"context": args.context, "question": args.question}, result)
+    run_id = kept_if_unsaved(lambda: log_generation(store, session_id, "probe", config, loaded,
+                                                    {"context": args.context, "question": args.question}, result))
     return {"answer": result.text, "prompt": prompt, "prompt_tokens": result.prompt_tokens,
             "new_tokens": result.new_tokens, "model": config.model.model, "dtype": loaded.dtype_name,
             "quant": config.model.quant, "device": loaded.device, "seconds": result.seconds,
@@ -129,7 +146,7 @@ def probe_task(args: argparse.Namespace) -> dict[str, Any]:
     spec = remember_upload(store, spec, upload_text)
     instance = build_probe(loaded.tokenizer, spec, config.chat_template, upload_text, max_prompt_tokens(loaded))
     *_, outcome = run_probe(loaded, instance, args.score, config)
-    run_id = log_probe(store, session_id, config, loaded, outcome)
+    run_id = kept_if_unsaved(lambda: log_probe(store, session_id, config, loaded, outcome))
     return outcome.summary() | {"prompt": instance.prompt, "model": config.model.model,
                                 "dtype": loaded.dtype_name, "quant": config.model.quant, "run_id": run_id}
 

@@ -7,7 +7,7 @@ import json
 import gradio as gr
 
 from components.figures import needle_strip
-from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model
+from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
 from components.run_log import log_probe, remember_upload, session_for
 from engines.haystack import SOURCES, HaystackError, read_upload
 from engines.models import MANAGER
@@ -121,12 +121,13 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                  prompt_box: preview(instance)}
         yield shown | {answer: "", score: None}
         text = ""
-        for item in MANAGER.stream(run_config.model, lambda model_, should_stop: run_probe(
-                model_, instance, mode_name, run_config, should_stop)):
-            if isinstance(item, ProbeOutcome):
-                break
-            text += item.text
-            yield {answer: text}
+        with said_to_user():
+            for item in MANAGER.stream(run_config.model, lambda model_, should_stop: run_probe(
+                    model_, instance, mode_name, run_config, should_stop)):
+                if isinstance(item, ProbeOutcome):
+                    break
+                text += item.text
+                yield {answer: text}
         log_to, session_id, state = session_for(store, state)
         try:
             run_id = log_probe(log_to, session_id, run_config, loaded, item)

@@ -4,14 +4,17 @@ Every tab reads the same inputs and turns them into one `RunConfig` with `config
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import gradio as gr
 
 from engines.models import MANAGER, ModelError, cpu_supports_bf16
+from engines.haystack import HaystackError
 from engines.masks import MaskSpec
 from engines.rope import RopeSpec
 from engines.specs import DTYPES, EMBEDDED_MODEL, QUANT_4BIT_TYPES, QUANTS, ModelSpec, RunConfig, SpecError
+from storage.db import StorageError
 
 
 @dataclass
@@ -43,6 +46,18 @@ def config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_
         return RunConfig(model=spec, chat_template=bool(chat_template), max_new_tokens=int(max_new_tokens),
                          rope=RopeSpec.parse(rope or "default"), mask=MaskSpec.parse(mask or "causal"))
     except (SpecError, ValueError, TypeError) as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+USER_ERRORS = (SpecError, ModelError, HaystackError, StorageError)
+
+
+@contextmanager
+def said_to_user():
+    """Engine errors a user can act on become gr.Error sentences (never a traceback)."""
+    try:
+        yield
+    except USER_ERRORS as exc:
         raise gr.Error(str(exc)) from exc
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model
+from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
 from components.run_log import log_generation, session_for
 from engines.generation import GenerationResult, format_prompt
 from engines.probes import run_free
@@ -49,11 +49,12 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         text = ""
         events = MANAGER.stream(run_config.model, lambda model, should_stop: run_free(
             model, prompt, run_config, should_stop))
-        for item in events:
-            if isinstance(item, GenerationResult):
-                break
-            text += item.text
-            yield {answer: text, stats: stats_of(None, item.index + 1), prompt_box: prompt}
+        with said_to_user():
+            for item in events:
+                if isinstance(item, GenerationResult):
+                    break
+                text += item.text
+                yield {answer: text, stats: stats_of(None, item.index + 1), prompt_box: prompt}
         log_to, session_id, state = session_for(store, state)
         try:
             run_id = log_generation(log_to, session_id, "probe", run_config, loaded,

@@ -241,6 +241,11 @@ def load_model(spec: ModelSpec, progress: Progress = no_progress) -> LoadedModel
                        model.get_memory_footprint())
 
 
+def out_of_memory(exc: BaseException) -> ModelError:
+    return ModelError(f"The model ran out of memory ({type(exc).__name__}). Choose a shorter length, a smaller "
+                      "model, or 8-bit/4-bit quantization, and try again.")
+
+
 @dataclass(frozen=True)
 class _Failure:
     error: BaseException
@@ -300,6 +305,10 @@ class ModelManager:
                         items.put(item)
                         if stop.is_set():
                             break
+            except (MemoryError, torch.OutOfMemoryError) as exc:
+                items.put(_Failure(out_of_memory(exc)))
+            except RuntimeError as exc:
+                items.put(_Failure(out_of_memory(exc) if "memory" in str(exc).lower() else exc))
             except BaseException as exc:  # handed to the caller's thread and raised there
                 items.put(_Failure(exc))
             finally:

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
                         create_engine, event, func, inspect, select, text)
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from engines.paths import lab_home
@@ -143,14 +144,20 @@ class Store:
 
     def __init__(self, url: str | None = None):
         self.url = url or database_url()
-        if self.url.startswith("sqlite:///"):
+        if self.url.startswith("sqlite:///") and not self.url.startswith("sqlite:///file:"):
             Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(self.url, connect_args={"timeout": 30} if self.url.startswith("sqlite") else {})
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._migrate_lock = threading.Lock()
-        self.migrate()
+        try:
+            self.migrate()
+        except SQLAlchemyError as exc:
+            raise StorageError(f"Cannot open the run log at {self.url} ({type(exc).__name__}: "
+                               f"{str(exc.orig if hasattr(exc, 'orig') else exc)[:120]}); make the data directory "
+                               "writable, free the lock, or set CONTEXT_LAB_DATA / CONTEXT_LAB_DATABASE_URL to "
+                               "another place.") from exc
 
     def migrate(self) -> list[int]:
         """Apply the migrations not yet recorded; returns the versions applied now."""

@@ -28,5 +28,9 @@ def test_bad_settings_come_back_as_a_sentence(served_app):
         client.predict("ctx", "  ", *CONFIG.values(), api_name="/probe")
     with pytest.raises(Exception, match="Max new tokens|less than minimum value 1"):
         client.predict("ctx", "q", *{**CONFIG, "max_new_tokens": 0}.values(), api_name="/probe")
+    with pytest.raises(Exception, match="needs a prompt made of documents"):
+        client.predict("ctx", "q", *{**CONFIG, "mask": "segments"}.values(), api_name="/probe")
+    with pytest.raises(Exception, match="window .* must be larger than the sink count"):
+        client.predict("ctx", "q", *{**CONFIG, "mask": "sinks:n_sink=8,window=4"}.values(), api_name="/probe")
     with pytest.raises(Exception, match="Could not fetch the model"):
         client.predict("ctx", "q", *{**CONFIG, "model": "someone/unreachable"}.values(), api_name="/probe")
