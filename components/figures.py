@@ -145,6 +145,9 @@ def run_figures(run: dict) -> list[go.Figure]:
     tokens = outputs.get("tokens") or (outputs.get("generation") or {}).get("tokens")
     if tokens:
         figs.append(token_probabilities(tokens))
+    if outputs.get("attention"):
+        figs[len(figs):] = [attention_profile(outputs["attention"]["profile"], outputs.get("spans", [])),
+                            layer_head_map(outputs["attention"]["needle_mass"])]
     return figs
 
 
@@ -187,4 +190,30 @@ def nll_stream(curves: dict[str, list[float]], smooth: int = 32) -> go.Figure:
         fig.add_trace(go.Scatter(y=averaged, mode="lines", name=name))
     fig.update_layout(title=f"Per-token negative log-likelihood ({smooth}-token moving average)",
                       xaxis_title="token position", yaxis_title="NLL (nats)", height=360)
+    return fig
+
+
+def attention_profile(profile: list[float], spans: list[dict], sinks: int = 4, log: bool = False) -> go.Figure:
+    """Attention over context positions with needles and documents marked; the first `sinks` tokens
+    get their own trace so their mass does not wash out the scale."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=list(range(sinks, len(profile))), y=profile[sinks:], mode="lines",
+                             name="attention", line=dict(width=1)))
+    fig.add_trace(go.Bar(x=list(range(min(sinks, len(profile)))), y=profile[:sinks], name=f"first {sinks} (sinks)",
+                         marker_color="#7f7f7f"))
+    for span in spans:
+        if span["kind"] in ("needle", "gold", "distractor"):
+            fig.add_vrect(x0=span["token_start"], x1=span["token_end"], fillcolor=KIND_COLOURS[span["kind"]],
+                          opacity=0.3, line_width=0, annotation_text=span["kind"], annotation_position="top left")
+    fig.update_layout(title=f"Attention over the context (sink mass {sum(profile[:sinks]):.2f})", height=330,
+                      xaxis_title="key position (token)", yaxis=dict(title="attention", type="log" if log else "linear"),
+                      margin=dict(l=60, r=10, t=50, b=40), legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def layer_head_map(mass: list[list[float]], title: str = "Attention mass on the needle") -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=mass, colorscale="Viridis", colorbar=dict(title="mass"),
+                               hovertemplate="layer %{y}, head %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", height=420,
+                      margin=dict(l=60, r=10, t=50, b=40))
     return fig

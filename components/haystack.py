@@ -6,9 +6,12 @@ import json
 
 import gradio as gr
 
+from components import figures
 from components.figures import needle_strip
 from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
 from components.run_log import log_probe, remember_upload, session_for
+from engines.attention import AttentionCapture
+from engines.attention_views import context_profile, question_positions, span_mass, stacked
 from engines.haystack import SOURCES, HaystackError, read_upload
 from engines.models import MANAGER
 from engines.probes import SCORE_MODES, ProbeOutcome, max_prompt_tokens, run_probe
@@ -16,6 +19,14 @@ from engines.tasks import ProbeSpec, build_probe, get_task, load_tasks
 from storage.db import StorageError, Store
 
 PRESET_HAYSTACK = "preset"
+
+
+def attention_summary(capture, instance) -> dict:
+    """What the attention views show, small enough to log: the question rows' attention over the
+    context (mean over layers and heads) and the layer x head mass on the needles."""
+    matrix = stacked(capture)
+    return {"profile": context_profile(matrix), "needle_mass": span_mass(matrix, instance.needle_token_spans),
+            "rows": capture.positions, "captured_bytes": capture.bytes}
 PROMPT_PREVIEW_CHARS = 20000
 
 
@@ -76,6 +87,8 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                                     info="logprob: probability of the gold answer from one forward pass")
                 upload = gr.File(label="Your haystack (.txt or .md, up to 5 MB)", file_types=[".txt", ".md"],
                                  type="filepath")
+                capture_on = gr.Checkbox(False, label="Capture attention (question and answer rows, every layer "
+                                                      "and head)")
                 params = gr.Code(task_help("passkey")[1], language="json", lines=4,
                                  label="Builder settings (JSON; for 'custom': needle, question, answer)")
                 with gr.Row():
@@ -87,6 +100,9 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 summary = gr.JSON(label="Prompt")
                 answer = gr.Textbox(label="Answer", lines=3, interactive=False)
                 score = gr.JSON(label="Score")
+        with gr.Row():
+            profile_plot = gr.Plot(label="Attention over the context", visible=False)
+            mass_plot = gr.Plot(label="Layer x head mass on the needle", visible=False)
         with gr.Accordion("Prompt text (long contexts shortened in the middle)", open=False):
             prompt_box = gr.Textbox(lines=12, max_lines=30, interactive=False, show_label=False)
 
@@ -113,7 +129,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 prompt_box: preview(instance)}
 
     def run(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path, mode_name,
-            state, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, progress=gr.Progress()):
+            capture_wanted, state, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, progress=gr.Progress()):
         run_config, loaded, instance = make(
             task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
             model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, progress)
@@ -121,20 +137,28 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                  prompt_box: preview(instance)}
         yield shown | {answer: "", score: None}
         text = ""
+        capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt_tokens, instance.question)) \
+            if capture_wanted else None
         with said_to_user():
             for item in MANAGER.stream(run_config.model, lambda model_, should_stop: run_probe(
-                    model_, instance, mode_name, run_config, should_stop)):
+                    model_, instance, mode_name, run_config, should_stop, capture=capture)):
                 if isinstance(item, ProbeOutcome):
                     break
                 text += item.text
                 yield {answer: text}
+        views = attention_summary(capture, instance) if capture is not None else None
         log_to, session_id, state = session_for(store, state)
         try:
-            run_id = log_probe(log_to, session_id, run_config, loaded, item)
+            run_id = log_probe(log_to, session_id, run_config, loaded, item,
+                               extra={"attention": views} if views else None)
         except StorageError as exc:
             gr.Warning(str(exc))
             run_id = None
         result = item.summary()
+        if views:
+            shown |= {profile_plot: gr.Plot(figures.attention_profile(views["profile"], list(instance.spans)),
+                                            visible=True),
+                      mass_plot: gr.Plot(figures.layer_head_map(views["needle_mass"]), visible=True)}
         yield shown | {answer: item.answer, session: state, config.status: describe_loaded(),
                score: {k: result[k] for k in ("correct", "score", "expected", "scorer", "score_details")}
                | {"seconds": result.get("seconds"), "run_id": run_id}}
@@ -143,7 +167,8 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
     common = [task, length, depth, seed, haystack, params, upload]
     build_button.click(build_only, [*common, *config.all()], [strip, summary, prompt_box],
                        api_name="haystack_build", concurrency_id="model")
-    event = run_button.click(run, [*common, mode, session, *config.all()],
-                             [strip, summary, prompt_box, answer, score, session, config.status],
+    event = run_button.click(run, [*common, mode, capture_on, session, *config.all()],
+                             [strip, summary, prompt_box, answer, score, session, config.status, profile_plot,
+                              mass_plot],
                              api_name="haystack_run", concurrency_id="model")
     cancel.click(None, cancels=[event], api_name=False)

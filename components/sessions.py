@@ -16,7 +16,7 @@ from storage.transfer import export_session, import_session
 
 RUN_COLUMNS = ["id", "created_at", "kind", "task", "model", "score", "correct", "seconds", "session_id"]
 KINDS = ["all", "probe", "sweep", "sweep_cell"]
-PLOTS = 3
+PLOTS = 4
 
 
 def session_choices(store: Store) -> list[tuple[str, str]]:

@@ -7,6 +7,8 @@ would compute every query x key pair; this skips the masked half of the chunk's 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
@@ -106,7 +108,104 @@ def two_branch_attention(module, query, key, value, scaling):
     return merge_by_lse(parts)
 
 
+class AttentionCapture:
+    """Attention probabilities of chosen query rows over all keys, per layer and head, recorded while
+    the model runs with sdpa (no output_attentions): O(rows x L) memory.
+
+    `positions` are absolute prompt positions to record during prefill; with `new_tokens`, every
+    generated token's row is recorded too. prompt[layer] is [heads, rows, keys]; steps[i][layer] is
+    [heads, keys] for generated token i.
+    """
+
+    def __init__(self, positions: list[int], new_tokens: bool = True):
+        self.positions = sorted(set(positions))
+        self.new_tokens = new_tokens
+        self.prompt: dict[int, torch.Tensor] = {}
+        self.steps: list[dict[int, torch.Tensor]] = []
+
+    def record(self, layer: int, q_pos: torch.Tensor, probs_for) -> None:
+        """`probs_for(rows)` gives [b, heads, len(rows), keys] for row indices of this call."""
+        if len(q_pos) == 1 and self.new_tokens and self.prompt:
+            if layer == 0:
+                self.steps.append({})
+            self.steps[-1][layer] = probs_for(torch.tensor([0]))[0, :, 0].float()
+            return
+        wanted = [i for i, p in enumerate(q_pos.tolist()) if p in set(self.positions)]
+        if wanted:
+            self.prompt[layer] = probs_for(torch.tensor(wanted, device=q_pos.device))[0].float()
+
+    @property
+    def bytes(self) -> int:
+        tensors = list(self.prompt.values()) + [t for step in self.steps for t in step.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def attention_rows(module, query, key, rows, q_pos, k_pos, scaling, attention_mask) -> torch.Tensor:
+    """Softmax attention of the query rows `rows` over all keys, exactly as the forward computed it:
+    the mask in use (or causal), and for window masks the far keys at their changed distance.
+    Shapes: query [b, h, q, d], key [b, h, kv, d] (heads repeated); returns [b, h, len(rows), kv]."""
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    q = query[:, :, rows].float()
+    scores = q @ key.float().transpose(-1, -2) * scaling
+    positions = q_pos[rows]
+    rule = getattr(module.config, "lab_context", None)
+    if rule is not None and rule.two_branch:
+        spec = rule.mask
+        window = spec.get("n_local") if spec.kind == "lambda" else spec.get("window")
+        seen = (k_pos[None, :] <= positions[:, None]) & (positions[:, None] - k_pos[None, :] < window)
+        first = {"sinks": "n_sink", "lambda": "n_global"}.get(spec.kind)
+        count = min(spec.get(first), key.shape[2]) if first else 0
+        if count:
+            far = (positions[:, None] - k_pos[None, :count]) >= window
+            if spec.kind == "sinks" and spec.get("reindex"):
+                q_far = rotate(query[:, :, rows], positions.clamp(max=count + window - 1) - positions, rule.inv_freq)
+                k_far = key[:, :, :count]
+            elif spec.kind == "lambda":
+                d_max = spec.get("d_max") or spec.get("n_local")
+                q_far = rotate(query[:, :, rows], d_max - positions, rule.inv_freq)
+                k_far = rotate(key[:, :, :count], -k_pos[:count], rule.inv_freq)
+            else:
+                q_far, k_far = query[:, :, rows], key[:, :, :count]
+            far_scores = q_far.float() @ k_far.float().transpose(-1, -2) * scaling
+            scores[..., :count] = torch.where(far, far_scores, scores[..., :count])
+            seen = seen.clone()
+            seen[:, :count] |= far
+    elif attention_mask is not None and attention_mask.dtype == torch.bool:
+        seen = attention_mask[0, 0, rows]
+    else:
+        seen = k_pos[None, :] <= positions[:, None]
+    return torch.softmax(scores.masked_fill(~seen, float("-inf")), dim=-1)
+
+
 def lab_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    q_len, kv_len = query.shape[2], key.shape[2]
+    capture = getattr(module.config, "lab_capture", None)
+    if capture is not None:
+        groups = getattr(module, "num_key_value_groups", 1)
+        q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
+        k_pos = torch.arange(kv_len, device=query.device)
+        full_key = repeat_kv(key, groups)
+        capture.record(module.layer_idx, q_pos, lambda rows: attention_rows(
+            module, query, full_key, rows, q_pos, k_pos, scaling, attention_mask))
+    masked_heads = (getattr(module.config, "lab_head_mask", None) or {}).get(module.layer_idx)
+    if masked_heads:
+        out, weights = _lab_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+        return uniform_heads(out, value, masked_heads, getattr(module, "num_key_value_groups", 1)), weights
+    return _lab_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+
+
+def uniform_heads(out: torch.Tensor, value: torch.Tensor, heads: list[int], groups: int) -> torch.Tensor:
+    """Replace the output of `heads` with uniform causal attention (pre-softmax scores all zero): the
+    running mean of the values. out [b, q, h, d], value [b, kv_heads, kv, d]."""
+    q_len, kv_len = out.shape[1], value.shape[2]
+    running = value.float().cumsum(dim=2) / torch.arange(1, kv_len + 1, device=value.device)[None, None, :, None]
+    out = out.clone()
+    for head in heads:
+        out[:, :, head] = running[:, head // groups, kv_len - q_len:].to(out.dtype)
+    return out
+
+
+def _lab_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs):
     q_len, kv_len = query.shape[2], key.shape[2]
     rule = getattr(module.config, "lab_context", None)
     if rule is not None and rule.two_branch and query.device.type == "cpu":
@@ -143,3 +242,26 @@ AttentionMaskInterface.register(LAB_ATTENTION, lab_mask)
 def use_lab_attention(model) -> None:
     """Switch a loaded model to the lab's attention function (same results as sdpa)."""
     model.set_attn_implementation(LAB_ATTENTION)
+
+
+@contextmanager
+def capturing(model, capture: AttentionCapture):
+    """Record attention rows into `capture` while the block runs; always removes itself."""
+    model.config.lab_capture = capture
+    try:
+        yield capture
+    finally:
+        model.config.lab_capture = None
+
+
+@contextmanager
+def heads_masked(model, heads: list[tuple[int, int]]):
+    """Give the (layer, head) pairs uniform attention while the block runs; always removes itself."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+    model.config.lab_head_mask = by_layer
+    try:
+        yield
+    finally:
+        model.config.lab_head_mask = None

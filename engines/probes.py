@@ -11,6 +11,7 @@ import torch
 
 from engines.generation import GenerationResult, PrefixCache, TokenEvent, encode, run_stream
 from engines.models import LoadedModel
+from engines.attention import AttentionCapture, capturing
 from engines.context import configure
 from engines.scoring import Score, score
 from engines.specs import RunConfig
@@ -125,7 +126,19 @@ def logprob_of(loaded: LoadedModel, prompt: str, target: str, lead: str = "",
 
 def run_probe(loaded: LoadedModel, instance: ProbeInstance, mode: str = "generate",
               config: RunConfig | None = None, should_stop: Callable[[], bool] = lambda: False,
-              prefix: PrefixCache | None = None) -> Iterator[TokenEvent | ProbeOutcome]:
+              prefix: PrefixCache | None = None,
+              capture: AttentionCapture | None = None) -> Iterator[TokenEvent | ProbeOutcome]:
+    """As `probe_events`, recording attention rows into `capture` when one is given."""
+    if capture is None:
+        yield from probe_events(loaded, instance, mode, config, should_stop, prefix)
+        return
+    with capturing(loaded.model, capture):
+        yield from probe_events(loaded, instance, mode, config, should_stop, None)
+
+
+def probe_events(loaded: LoadedModel, instance: ProbeInstance, mode: str = "generate",
+                 config: RunConfig | None = None, should_stop: Callable[[], bool] = lambda: False,
+                 prefix: PrefixCache | None = None) -> Iterator[TokenEvent | ProbeOutcome]:
     """Yields TokenEvents while generating (none in logprob mode), then the ProbeOutcome.
 
     `config` brings the RoPE kind, the mask and the new-token budget (default: the task's budget,

@@ -81,7 +81,7 @@ def test_haystack_tab_through_gradio_client(served_app):
     figure, summary, prompt = client.predict("passkey", 1000, 50, 2, "preset", "{}", None, *config,
                                              api_name="/haystack_build")
     assert abs(summary["prompt_tokens"] - 1000) <= 10 and summary["expected"][0] in prompt
-    out = client.predict("passkey", 1000, 50, 2, "preset", "{}", None, "generate", *config,
+    out = client.predict("passkey", 1000, 50, 2, "preset", "{}", None, "generate", False, *config,
                          api_name="/haystack_run")
     answer, score = out[3], out[4]
     assert score["correct"] is True and summary["expected"][0] in answer
@@ -90,7 +90,7 @@ def test_haystack_tab_through_gradio_client(served_app):
     assert run["inputs"]["probe"] == {"task": "passkey", "length": 1000, "depth": 50.0, "seed": 2,
                                       "haystack": None, "params": {}}
     with pytest.raises(Exception, match="not valid JSON"):
-        client.predict("passkey", 1000, 50, 2, "preset", "{oops", None, "generate", *config,
+        client.predict("passkey", 1000, 50, 2, "preset", "{oops", None, "generate", False, *config,
                        api_name="/haystack_run")
 
 

@@ -1,0 +1,69 @@
+"""Numbers drawn from an AttentionCapture for the attention views (pure tensor maths, no UI).
+
+The capture holds, per layer, [heads, rows, keys] for prompt rows and [heads, keys] per new token.
+"""
+from __future__ import annotations
+
+import torch
+
+from engines.attention import AttentionCapture
+from engines.generation import encode
+
+
+def question_positions(tokenizer, prompt_tokens: int, question: str) -> list[int]:
+    """Positions of the question's tokens: the end of the user turn, before the template's closing tokens."""
+    count = len(encode(tokenizer, question)[0])
+    closing = 5 if prompt_tokens > count + 5 else 0  # <|im_end|>, newline, <|im_start|>, assistant, newline
+    end = prompt_tokens - closing
+    return list(range(max(0, end - count), end))
+
+
+def stacked(capture: AttentionCapture, source: str = "question") -> torch.Tensor:
+    """[layers, heads, keys]: the mean over the question rows, or over the generated tokens."""
+    layers = sorted(capture.prompt)
+    if source == "answer" and capture.steps:
+        keys = min(t.shape[-1] for step in capture.steps for t in step.values())
+        return torch.stack([torch.stack([step[layer][:, :keys] for step in capture.steps]).mean(0)
+                            for layer in layers])
+    return torch.stack([capture.prompt[layer].mean(dim=1) for layer in layers])
+
+
+def context_profile(matrix: torch.Tensor, layer: int | None = None, head: int | None = None,
+                    reduce: str = "mean") -> list[float]:
+    """Attention over key positions for one layer/head, or reduced (mean or max) over them."""
+    chosen = matrix if layer is None else matrix[layer:layer + 1]
+    chosen = chosen if head is None else chosen[:, head:head + 1]
+    flat = chosen.reshape(-1, chosen.shape[-1])
+    return (flat.max(dim=0).values if reduce == "max" else flat.mean(dim=0)).tolist()
+
+
+def span_mass(matrix: torch.Tensor, spans: list[tuple[int, int]]) -> list[list[float]]:
+    """[layers][heads] attention mass on the union of the token spans (e.g. the needles)."""
+    keep = torch.zeros(matrix.shape[-1], dtype=torch.bool)
+    for start, end in spans:
+        keep[start:min(end, matrix.shape[-1])] = True
+    return matrix[..., keep].sum(dim=-1).tolist()
+
+
+def retrieval_scores(steps: list[torch.Tensor], generated: list[int], prompt_ids: list[int],
+                     span: tuple[int, int]) -> torch.Tensor:
+    """Copy-paste retrieval score of every head for one test ([layers, heads]).
+
+    steps[t] is [layers, heads, keys], the attention of the query that produced generated[t]. A head
+    earns 1/|span| at a step when its top-1 key lies inside the needle's answer span and the token
+    there is the token just generated."""
+    start, end = span
+    scores = torch.zeros(steps[0].shape[:2])
+    for attention, token in zip(steps, generated):
+        top = attention.argmax(dim=-1)  # [layers, heads]
+        inside = (top >= start) & (top < end)
+        copies = torch.tensor(prompt_ids, device=top.device)[top.clamp(max=len(prompt_ids) - 1)] == token
+        scores += (inside & copies).float() / (end - start)
+    return scores
+
+
+def step_attention(capture: AttentionCapture) -> list[torch.Tensor]:
+    """[layers, heads, keys] per decode step (the query fed at that step), cut to the prompt's keys."""
+    layers = sorted(capture.prompt)
+    keys = min(t.shape[-1] for step in capture.steps for t in step.values()) if capture.steps else 0
+    return [torch.stack([step[layer][:, :keys] for layer in layers]) for step in capture.steps]
