@@ -217,3 +217,20 @@ def layer_head_map(mass: list[list[float]], title: str = "Attention mass on the 
     fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", height=420,
                       margin=dict(l=60, r=10, t=50, b=40))
     return fig
+
+
+def layer_position_map(rows: list[list[float]], keys: int) -> go.Figure:
+    bins = len(rows[0]) if rows else 1
+    fig = go.Figure(go.Heatmap(z=rows, x=[round((b + 0.5) * keys / bins) for b in range(bins)], colorscale="Viridis",
+                               hovertemplate="layer %{y}, around token %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(title="Attention mass by layer and position (binned)", xaxis_title="key position",
+                      yaxis_title="layer", height=380, margin=dict(l=60, r=10, t=50, b=40))
+    return fig
+
+
+def segment_bars(masses: dict[str, float]) -> go.Figure:
+    fig = go.Figure(go.Bar(x=list(masses.values()), y=list(masses), orientation="h",
+                           hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    fig.update_layout(title="Attention mass per segment", xaxis_title="mass", height=420,
+                      yaxis=dict(autorange="reversed"), margin=dict(l=200, r=10, t=50, b=40))
+    return fig

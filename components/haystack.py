@@ -11,7 +11,8 @@ from components.figures import needle_strip
 from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
 from components.run_log import log_probe, remember_upload, session_for
 from engines.attention import AttentionCapture
-from engines.attention_views import context_profile, question_positions, span_mass, stacked
+from engines.attention_views import (context_profile, layer_position, question_positions, segment_mass, span_mass,
+                                     stacked)
 from engines.haystack import SOURCES, HaystackError, read_upload
 from engines.models import MANAGER
 from engines.probes import SCORE_MODES, ProbeOutcome, max_prompt_tokens, run_probe
@@ -26,6 +27,7 @@ def attention_summary(capture, instance) -> dict:
     context (mean over layers and heads) and the layer x head mass on the needles."""
     matrix = stacked(capture)
     return {"profile": context_profile(matrix), "needle_mass": span_mass(matrix, instance.needle_token_spans),
+            "layer_position": layer_position(matrix), "segments": segment_mass(matrix, list(instance.spans)),
             "rows": capture.positions, "captured_bytes": capture.bytes}
 PROMPT_PREVIEW_CHARS = 20000
 
@@ -103,6 +105,9 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         with gr.Row():
             profile_plot = gr.Plot(label="Attention over the context", visible=False)
             mass_plot = gr.Plot(label="Layer x head mass on the needle", visible=False)
+        with gr.Row():
+            position_plot = gr.Plot(label="Layer x position", visible=False)
+            segment_plot = gr.Plot(label="Mass per segment", visible=False)
         with gr.Accordion("Prompt text (long contexts shortened in the middle)", open=False):
             prompt_box = gr.Textbox(lines=12, max_lines=30, interactive=False, show_label=False)
 
@@ -158,7 +163,10 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         if views:
             shown |= {profile_plot: gr.Plot(figures.attention_profile(views["profile"], list(instance.spans)),
                                             visible=True),
-                      mass_plot: gr.Plot(figures.layer_head_map(views["needle_mass"]), visible=True)}
+                      mass_plot: gr.Plot(figures.layer_head_map(views["needle_mass"]), visible=True),
+                      position_plot: gr.Plot(figures.layer_position_map(views["layer_position"], instance.prompt_tokens),
+                                             visible=True),
+                      segment_plot: gr.Plot(figures.segment_bars(views["segments"]), visible=True)}
         yield shown | {answer: item.answer, session: state, config.status: describe_loaded(),
                score: {k: result[k] for k in ("correct", "score", "expected", "scorer", "score_details")}
                | {"seconds": result.get("seconds"), "run_id": run_id}}
@@ -169,6 +177,6 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                        api_name="haystack_build", concurrency_id="model")
     event = run_button.click(run, [*common, mode, capture_on, session, *config.all()],
                              [strip, summary, prompt_box, answer, score, session, config.status, profile_plot,
-                              mass_plot],
+                              mass_plot, position_plot, segment_plot],
                              api_name="haystack_run", concurrency_id="model")
     cancel.click(None, cancels=[event], api_name=False)

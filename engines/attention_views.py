@@ -67,3 +67,33 @@ def step_attention(capture: AttentionCapture) -> list[torch.Tensor]:
     layers = sorted(capture.prompt)
     keys = min(t.shape[-1] for step in capture.steps for t in step.values()) if capture.steps else 0
     return [torch.stack([step[layer][:, :keys] for layer in layers]) for step in capture.steps]
+
+
+def layer_position(matrix: torch.Tensor, bins: int = 64) -> list[list[float]]:
+    """[layers][bins]: attention mass per layer (mean over heads) in equal-width position bins."""
+    per_layer = matrix.mean(dim=1)  # [layers, keys]
+    edges = torch.linspace(0, per_layer.shape[-1], bins + 1).long()
+    return [[float(row[edges[b]:edges[b + 1]].sum()) for b in range(bins)] for row in per_layer]
+
+
+def segment_mass(matrix: torch.Tensor, spans: list[dict], sinks: int = 4) -> dict[str, float]:
+    """Mass (mean over layers and heads) on the sinks, each needle or document, the haystack by
+    deciles, and everything else (template and question)."""
+    profile = matrix.mean(dim=(0, 1))
+    taken = torch.zeros(profile.shape[0], dtype=torch.bool)
+    out = {f"first {sinks} (sinks)": float(profile[:sinks].sum())}
+    taken[:sinks] = True
+    for span in spans:
+        if span["kind"] in ("needle", "gold", "distractor", "document"):
+            part = slice(span["token_start"], span["token_end"])
+            out[f"{span['kind']}: {span['label']}"] = float(profile[part][~taken[part]].sum())
+            taken[part] = True
+    hay = next((s for s in spans if s["kind"] == "haystack"), None)
+    if hay is not None:
+        edges = torch.linspace(hay["token_start"], hay["token_end"], 11).long()
+        for decile in range(10):
+            part = slice(int(edges[decile]), int(edges[decile + 1]))
+            out[f"haystack {10 * decile}-{10 * decile + 10}%"] = float(profile[part][~taken[part]].sum())
+            taken[part] = True
+    out["rest (template, question)"] = float(profile[~taken].sum())
+    return out

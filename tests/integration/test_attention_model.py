@@ -67,11 +67,14 @@ def test_haystack_tab_shows_the_attention_views(served_app):
     config = ["smollm2-135m-instruct", "none", "nf4", "auto", True, 32, "default", "causal"]
     out = client.predict("passkey", 1000, 50, 2, "preset", "{}", None, "generate", True, *config,
                          api_name="/haystack_run")
-    score, profile, mass = out[4], out[6], out[7]
-    assert score["correct"] is True and profile is not None and mass is not None
+    score, profile, mass, positions, segments = out[4], out[6], out[7], out[8], out[9]
+    assert score["correct"] is True and all(plot is not None for plot in (profile, mass, positions, segments))
     stored = store.get_run(score["run_id"])["outputs"]["attention"]
     assert len(stored["needle_mass"]) == 30 and len(stored["needle_mass"][0]) == 9
     assert len(stored["profile"]) > 900 and abs(sum(stored["profile"]) - 1) < 1e-3
+    needle = next(k for k in stored["segments"] if k.startswith("needle"))
+    assert abs(sum(stored["segments"].values()) - 1) < 1e-3 and stored["segments"][needle] > 0
+    assert len(stored["layer_position"]) == 30
 
 
 def test_retrieval_heads_found_and_masking_them_hurts_more_than_random_heads(embedded):

@@ -40,3 +40,18 @@ def test_masking_heads_changes_only_what_it_should():
     assert torch.equal(before, after) and model.config.lab_head_mask is None
     assert torch.allclose(masked[:, 0], before[:, 0], atol=1e-5)  # the first token sees only itself either way
     assert not torch.allclose(masked[:, 1:], before[:, 1:], atol=1e-3)
+
+
+def test_layer_position_and_segment_masses_add_up():
+    from engines.attention_views import layer_position, segment_mass
+
+    torch.manual_seed(2)
+    matrix = torch.softmax(torch.randn(3, 2, 100), dim=-1)  # [layers, heads, keys]
+    rows = layer_position(matrix, bins=10)
+    assert len(rows) == 3 and all(abs(sum(r) - 1) < 1e-5 for r in rows)
+    spans = [{"kind": "haystack", "label": "noise", "token_start": 10, "token_end": 90},
+             {"kind": "needle", "label": "needle", "token_start": 40, "token_end": 45}]
+    masses = segment_mass(matrix, spans)
+    assert abs(sum(masses.values()) - 1) < 1e-5  # every key counted once
+    assert masses["needle: needle"] == float(matrix.mean(dim=(0, 1))[40:45].sum())
+    assert len([k for k in masses if k.startswith("haystack")]) == 10
