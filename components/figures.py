@@ -145,9 +145,11 @@ def run_figures(run: dict) -> list[go.Figure]:
     tokens = outputs.get("tokens") or (outputs.get("generation") or {}).get("tokens")
     if tokens:
         figs.append(token_probabilities(tokens))
-    if outputs.get("attention"):
-        figs[len(figs):] = [attention_profile(outputs["attention"]["profile"], outputs.get("spans", [])),
-                            layer_head_map(outputs["attention"]["needle_mass"])]
+    attention = outputs.get("attention")
+    if attention:
+        figs.append(attention_profile(attention["profile"], outputs.get("spans", [])))
+        figs.append(layer_head_map(attention["needle_mass"]) if "needle_mass" in attention else
+                    layer_position_map(attention["layer_position"], len(attention["profile"])))
     return figs
 
 

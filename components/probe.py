@@ -5,7 +5,10 @@ import gradio as gr
 
 from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
 from components.run_log import log_generation, session_for
-from engines.generation import GenerationResult, format_prompt
+from components import figures
+from engines.attention import AttentionCapture
+from engines.attention_views import context_profile, layer_position, question_positions, stacked
+from engines.generation import GenerationResult, encode, format_prompt
 from engines.probes import run_free
 from engines.models import MANAGER
 from storage.db import StorageError, Store
@@ -36,10 +39,14 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             with gr.Column(scale=2):
                 answer = gr.Textbox(label="Answer", lines=4, interactive=False)
                 stats = gr.JSON(label="Prompt tokens, time to first token, tokens per second")
+        capture_on = gr.Checkbox(False, label="Capture attention (question and answer rows, every layer and head)")
+        with gr.Row():
+            profile_plot = gr.Plot(label="Attention over the context", visible=False)
+            position_plot = gr.Plot(label="Layer x position", visible=False)
         with gr.Accordion("Prompt: the exact text fed to the model", open=False):
             prompt_box = gr.Textbox(lines=10, max_lines=30, interactive=False, show_label=False, elem_id="probe-prompt")
 
-    def probe(context_text, question_text, state, model, quant, quant_4bit_type, dtype, chat_template,
+    def probe(context_text, question_text, capture_wanted, state, model, quant, quant_4bit_type, dtype, chat_template,
               max_new_tokens, rope, mask, progress=gr.Progress()):
         run_config = config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask)
         if not question_text or not question_text.strip():
@@ -47,25 +54,43 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         loaded = loaded_model(run_config, progress)
         prompt = format_prompt(loaded.tokenizer, context_text or "", question_text.strip(), run_config.chat_template)
         text = ""
+        prompt_tokens = len(encode(loaded.tokenizer, prompt)[0])
+        capture = AttentionCapture(question_positions(loaded.tokenizer, prompt_tokens, question_text.strip())) \
+            if capture_wanted else None
         events = MANAGER.stream(run_config.model, lambda model, should_stop: run_free(
-            model, prompt, run_config, should_stop))
+            model, prompt, run_config, should_stop, capture))
         with said_to_user():
             for item in events:
                 if isinstance(item, GenerationResult):
                     break
                 text += item.text
-                yield {answer: text, stats: stats_of(None, item.index + 1), prompt_box: prompt}
+                live = {}
+                if capture is not None and item.index % 4 == 3:  # the plot follows the answer as it streams
+                    live = {profile_plot: gr.Plot(figures.attention_profile(
+                        context_profile(stacked(capture, "answer")), []), visible=True)}
+                yield {answer: text, stats: stats_of(None, item.index + 1), prompt_box: prompt} | live
+        views = None
+        if capture is not None:
+            matrix = stacked(capture)
+            views = {"profile": context_profile(matrix), "layer_position": layer_position(matrix),
+                     "rows": capture.positions}
         log_to, session_id, state = session_for(store, state)
         try:
             run_id = log_generation(log_to, session_id, "probe", run_config, loaded,
-                                    {"context": context_text, "question": question_text}, item)
+                                    {"context": context_text, "question": question_text}, item,
+                                    {"attention": views} if views else None)
         except StorageError as exc:
             gr.Warning(str(exc))
             run_id = None
+        shown = {}
+        if views:
+            shown = {profile_plot: gr.Plot(figures.attention_profile(views["profile"], []), visible=True),
+                     position_plot: gr.Plot(figures.layer_position_map(views["layer_position"], prompt_tokens),
+                                            visible=True)}
         yield {answer: item.text, stats: stats_of(item, run_id=run_id), prompt_box: prompt,
-               session: state, config.status: describe_loaded()}
+               session: state, config.status: describe_loaded()} | shown
 
-    event = run.click(probe, [context, question, session, *config.all()],
-                      [answer, stats, prompt_box, session, config.status],
+    event = run.click(probe, [context, question, capture_on, session, *config.all()],
+                      [answer, stats, prompt_box, session, config.status, profile_plot, position_plot],
                       api_name="probe", concurrency_id="model")
     stop.click(None, cancels=[event], api_name=False)

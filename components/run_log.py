@@ -15,9 +15,10 @@ log = logging.getLogger("context_lab")
 
 
 def log_generation(store: Store | None, session_id: str, kind: str, config: RunConfig,
-                   loaded: LoadedModel, inputs: dict, result: GenerationResult) -> str | None:
+                   loaded: LoadedModel, inputs: dict, result: GenerationResult,
+                   extra: dict | None = None) -> str | None:
     """Log one free generation run; returns its id, or None when logging is off."""
-    outputs = result.to_dict()
+    outputs = result.to_dict() | (extra or {})
     prompt = outputs.pop("prompt")
     return write_run(store, session_id, kind, config, loaded, inputs, outputs, prompt, seconds=result.seconds)
 

@@ -19,12 +19,13 @@ def question_positions(tokenizer, prompt_tokens: int, question: str) -> list[int
 
 
 def stacked(capture: AttentionCapture, source: str = "question") -> torch.Tensor:
-    """[layers, heads, keys]: the mean over the question rows, or over the generated tokens."""
+    """[layers, heads, keys]: the mean over the question rows, or over the generated tokens so far
+    (every layer recorded; the step still being written is left out)."""
     layers = sorted(capture.prompt)
-    if source == "answer" and capture.steps:
-        keys = min(t.shape[-1] for step in capture.steps for t in step.values())
-        return torch.stack([torch.stack([step[layer][:, :keys] for step in capture.steps]).mean(0)
-                            for layer in layers])
+    steps = [step for step in list(capture.steps) if len(step) == len(layers)]
+    if source == "answer" and steps:
+        keys = min(t.shape[-1] for step in steps for t in step.values())
+        return torch.stack([torch.stack([step[layer][:, :keys] for step in steps]).mean(0) for layer in layers])
     return torch.stack([capture.prompt[layer].mean(dim=1) for layer in layers])
 
 

@@ -166,7 +166,13 @@ def probe_events(loaded: LoadedModel, instance: ProbeInstance, mode: str = "gene
 
 
 def run_free(loaded: LoadedModel, prompt: str, config: RunConfig,
-             should_stop: Callable[[], bool] = lambda: False) -> Iterator[TokenEvent | GenerationResult]:
-    """A free prompt under the config's RoPE and mask: TokenEvents, then the GenerationResult."""
+             should_stop: Callable[[], bool] = lambda: False,
+             capture: AttentionCapture | None = None) -> Iterator[TokenEvent | GenerationResult]:
+    """A free prompt under the config's RoPE and mask: TokenEvents, then the GenerationResult;
+    attention rows go into `capture` when one is given."""
     configure(loaded.model, config.rope, config.mask)
-    yield from run_stream(loaded, prompt, config.max_new_tokens, should_stop)
+    if capture is None:
+        yield from run_stream(loaded, prompt, config.max_new_tokens, should_stop)
+        return
+    with capturing(loaded.model, capture):
+        yield from run_stream(loaded, prompt, config.max_new_tokens, should_stop)

@@ -4,14 +4,14 @@ from gradio_client import Client
 
 pytestmark = pytest.mark.model
 
-CONFIG = {"model": "smollm2-135m-instruct", "quant": "none", "quant_4bit_type": "nf4", "dtype": "auto",
+CONFIG = {"capture": False, "model": "smollm2-135m-instruct", "quant": "none", "quant_4bit_type": "nf4", "dtype": "auto",
           "chat_template": True, "max_new_tokens": 32, "rope": "default", "mask": "causal"}
 
 
 def test_probe_through_gradio_client_answers_and_logs(served_app):
     url, store = served_app
     client = Client(url, verbose=False)
-    answer, stats, prompt, status = client.predict(
+    answer, stats, prompt, status, *plots = client.predict(
         "The capital of France is Paris.", "What is the capital of France?", *CONFIG.values(), api_name="/probe")
     assert "Paris" in answer
     assert stats["prompt_tokens"] > 10 and stats["time_to_first_token_s"] > 0 and stats["tokens_per_second"] > 0
@@ -34,3 +34,15 @@ def test_bad_settings_come_back_as_a_sentence(served_app):
         client.predict("ctx", "q", *{**CONFIG, "mask": "sinks:n_sink=8,window=4"}.values(), api_name="/probe")
     with pytest.raises(Exception, match="Could not fetch the model"):
         client.predict("ctx", "q", *{**CONFIG, "model": "someone/unreachable"}.values(), api_name="/probe")
+
+
+def test_probe_with_attention_capture_shows_and_logs_it(served_app):
+    url, store = served_app
+    client = Client(url, verbose=False)
+    answer, stats, prompt, status, profile, positions = client.predict(
+        "The capital of France is Paris.", "What is the capital of France? Answer with one word.",
+        *{**CONFIG, "capture": True}.values(), api_name="/probe")
+    assert "Paris" in answer and profile is not None and positions is not None
+    attention = store.get_run(stats["run_id"])["outputs"]["attention"]
+    assert len(attention["profile"]) == stats["prompt_tokens"] and len(attention["layer_position"]) == 30
+    assert abs(sum(attention["profile"]) - 1) < 1e-3

@@ -16,7 +16,7 @@ from storage.db import Store
 
 pytestmark = pytest.mark.model
 
-CONFIG = ["smollm2-135m-instruct", "none", "nf4", "auto", True, 32, "default", "causal"]
+CONFIG = [False, "smollm2-135m-instruct", "none", "nf4", "auto", True, 32, "default", "causal"]
 
 
 def test_read_only_run_log_keeps_the_result_and_says_why(private_data_dir):
@@ -76,7 +76,7 @@ def test_two_clients_at_once_each_get_their_own_answer(served_app):
 
 def test_one_users_cancel_leaves_the_other_job_running(served_app):
     url, _ = served_app
-    long_config = CONFIG[:5] + [400] + CONFIG[6:]
+    long_config = CONFIG[:6] + [400] + CONFIG[7:]
     first = Client(url, verbose=False).submit("Tell a long story.", "Write a very long story about the sea.",
                                               *long_config, api_name="/probe")
     second = Client(url, verbose=False).submit("The capital of France is Paris.",
