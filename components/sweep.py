@@ -24,7 +24,8 @@ TABLE_COLUMNS = ["length", "depth", "seed", "correct", "score", "answer", "promp
 USER_ERRORS = (HaystackError, SpecError, ModelError, StorageError)
 
 
-def sweep_spec(task, lengths, depth_count, spacing, seeds, mode, haystack, params_json) -> SweepSpec:
+def sweep_spec(task, lengths, depth_count, spacing, seeds, mode, haystack, params_json,
+               needle_attention=False) -> SweepSpec:
     try:
         params = json.loads(params_json or "{}")
         if not isinstance(params, dict):
@@ -33,7 +34,7 @@ def sweep_spec(task, lengths, depth_count, spacing, seeds, mode, haystack, param
             raise HaystackError("The number of depths must be a whole number, e.g. 11.")
         return SweepSpec(task, parse_list(lengths, int, "Lengths"), depth_grid(int(depth_count), spacing),
                          parse_list(seeds, int, "Seeds"), mode, None if haystack == PRESET_HAYSTACK else haystack,
-                         params)
+                         params, bool(needle_attention))
     except json.JSONDecodeError as exc:
         raise gr.Error(f"Builder settings are not valid JSON ({exc.msg}); write an object such as "
                        '{"num_hops": 3}.') from exc
@@ -66,6 +67,9 @@ def plots(jobs: list[SweepJob], value: str, threshold: float | None) -> dict:
     a = jobs[0]
     lengths, depths = a.spec.lengths, a.spec.depths
     out = {"heat_a": figures.sweep_heatmap(a.rows, lengths, depths, value, "A: " + a.spec.task),
+           "mass": gr.Plot(figures.sweep_heatmap(
+               a.rows, lengths, depths, "needle_mass", "Attention mass on the needle (question rows)"),
+               visible=True) if a.spec.needle_attention else gr.Plot(visible=False),
            "curve": figures.position_curve(a.rows, value), "length": figures.length_curve(a.rows, threshold, value)}
     if len(jobs) > 1:
         out["heat_b"] = figures.sweep_heatmap(jobs[1].rows, lengths, depths, value, "B: " + jobs[1].spec.task)
@@ -91,6 +95,8 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             haystack = gr.Dropdown([PRESET_HAYSTACK, *SOURCES, "upload"], value=PRESET_HAYSTACK, label="Haystack")
             upload = gr.File(label="Haystack file (.txt/.md)", file_types=[".txt", ".md"], type="filepath")
             params = gr.Code("{}", language="json", lines=2, label="Builder settings (JSON)")
+            needle_attention = gr.Checkbox(False, label="Needle attention per cell",
+                                           info="captures each cell's question rows; slower (no prefix sharing)")
             threshold = gr.Number(0, minimum=0, maximum=1, label="Effective-length threshold",
                                   info="0 = 85% of the score at the shortest length; else a fixed accuracy")
         with gr.Accordion("A/B: run the same sweep under a second configuration", open=False):
@@ -111,6 +117,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             heat_a = gr.Plot(label="Heatmap A", elem_id="sweep-heatmap")
             heat_b = gr.Plot(label="Heatmap B")
             diff = gr.Plot(label="B minus A")
+        mass_plot = gr.Plot(label="Needle attention mass", visible=False)
         with gr.Row():
             curve = gr.Plot(label="Position curve")
             length_plot = gr.Plot(label="Length curve")
@@ -121,7 +128,8 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             detail_prompt = gr.Textbox(label="Prompt", lines=6, max_lines=20, interactive=False)
         sweep_ids = gr.State([])
 
-    outputs = {"heat_a": heat_a, "heat_b": heat_b, "diff": diff, "curve": curve, "length": length_plot}
+    outputs = {"heat_a": heat_a, "heat_b": heat_b, "diff": diff, "curve": curve, "length": length_plot,
+               "mass": mass_plot}
 
     def stream(jobs: list[SweepJob], log_to: Store | None, value: str, limit, estimated: float | None,
                progress: gr.Progress):
@@ -139,10 +147,10 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                **{outputs[k]: fig for k, fig in plots(jobs, value, limit).items()}}
 
     def make_jobs(log_to, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                  params_json, upload_path, use_b, bm, bq, bd, bt, state, model, quant, quant_4bit_type,
+                  params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state, model, quant, quant_4bit_type,
                   dtype, chat_template, max_new_tokens, rope, mask):
         spec = sweep_spec(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                          params_json)
+                          params_json, attention_wanted)
         a = config_from_values(model, quant, quant_4bit_type, dtype, chat_template,
                                load_tasks()[task_name].max_new_tokens, rope, mask)  # each task sets its budget
         configs = [a] + ([b_config(a, bm, bq, bd, bt)] if use_b else [])
@@ -155,10 +163,10 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             raise gr.Error(str(exc)) from exc
 
     def estimate_time(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                      params_json, upload_path, use_b, bm, bq, bd, bt, state, model, quant, quant_4bit_type,
+                      params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state, model, quant, quant_4bit_type,
                       dtype, chat_template, max_new_tokens, rope, mask, progress=gr.Progress()):
         *_, jobs = make_jobs(None, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                            params_json, upload_path, use_b, bm, bq, bd, bt, state, model, quant,
+                            params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state, model, quant,
                             quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask)  # nothing is recorded
         try:
             figures_ = [estimate(job, lambda f, m: progress(f, desc=m)) for job in jobs]
@@ -170,10 +178,10 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 f"({plain:.0f} s without prefix sharing), from a calibration run on this machine.")
 
     def run(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name, params_json,
-            upload_path, use_b, bm, bq, bd, bt, state, limit, model, quant, quant_4bit_type, dtype,
+            attention_wanted, upload_path, use_b, bm, bq, bd, bt, state, limit, model, quant, quant_4bit_type, dtype,
             chat_template, max_new_tokens, rope, mask, progress=gr.Progress()):
         state, log_to, jobs = make_jobs(store, task_name, length_text, count, spacing_name, seed_text, mode_name,
-                                        haystack_name, params_json, upload_path, use_b, bm, bq, bd, bt, state,
+                                        haystack_name, params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state,
                                         model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask)
         yield {session: state, status: status_line(jobs, time.perf_counter(), 0, None)}
         try:
@@ -198,9 +206,10 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         run = store.get_run(stored["id"])
         return stored["outputs"]["row"] | {"run_id": stored["id"]}, run["prompt"]
 
-    grid_inputs = [task, lengths, depth_count, spacing, seeds, mode, haystack, params, upload,
+    grid_inputs = [task, lengths, depth_count, spacing, seeds, mode, haystack, params, needle_attention, upload,
                    compare, b_model, b_quant, b_dtype, b_template, session]
-    all_outputs = [status, cells, heat_a, heat_b, diff, curve, length_plot, sweep_ids, session, config.status]
+    all_outputs = [status, cells, heat_a, heat_b, diff, curve, length_plot, mass_plot, sweep_ids, session,
+                   config.status]
     estimate_button.click(estimate_time, [*grid_inputs, *config.all()], status, api_name="sweep_estimate",
                           concurrency_id="model")
     event = run_button.click(run, [*grid_inputs, threshold, *config.all()], all_outputs, api_name="sweep_run",

@@ -25,7 +25,8 @@ def grid(cells: list[dict], value: str = "correct") -> dict[tuple[int, float], d
     """(length, depth) -> mean of `value` over seeds, with the count and its Wilson interval."""
     groups: dict[tuple[int, float], list[float]] = defaultdict(list)
     for cell in cells:
-        groups[(int(cell["length"]), float(cell["depth"]))].append(float(cell[value]))
+        if cell.get(value) is not None:  # e.g. no needle attention for a cell without a needle
+            groups[(int(cell["length"]), float(cell["depth"]))].append(float(cell[value]))
     out = {}
     for key, values in groups.items():
         hits = sum(1 for v in values if v >= 1.0) if value == "correct" else 0

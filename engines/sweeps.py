@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from engines.attention import AttentionCapture
+from engines.attention_views import question_positions, span_mass, stacked
 from engines.generation import PrefixCache, common_prefix, encode
 from engines.haystack import HaystackError
 from engines.models import LoadedModel
@@ -62,6 +64,7 @@ class SweepSpec:
     mode: str = "generate"
     haystack: str | None = None
     params: dict = field(default_factory=dict)
+    needle_attention: bool = False  # capture each cell's question rows (no prefix sharing then)
 
     def __post_init__(self):
         get_task(self.task)
@@ -100,6 +103,7 @@ class CellResult:
     cell: Cell
     outcome: ProbeOutcome
     computed_tokens: int  # prompt tokens actually run through the model for this cell
+    needle_mass: float | None = None  # question rows' attention on the needles, mean over layers and heads
 
     def row(self) -> dict[str, Any]:
         summary = self.outcome.summary()
@@ -107,7 +111,7 @@ class CellResult:
                 "correct": summary["correct"], "score": summary["score"], "answer": summary["answer"],
                 "expected": summary["expected"], "prompt_tokens": summary["prompt_tokens"],
                 "seconds": summary.get("seconds"), "computed_tokens": self.computed_tokens,
-                "needle_token_spans": summary["needle_token_spans"]}
+                "needle_token_spans": summary["needle_token_spans"], "needle_mass": self.needle_mass}
 
 
 def needle_position(instance: ProbeInstance) -> int:
@@ -146,10 +150,15 @@ def run_sweep(loaded: LoadedModel, spec: SweepSpec, cells: list[tuple[Cell, Prob
             return
         ids = encode(loaded.tokenizer, instance.prompt)[0].tolist()
         computed = len(ids) - min(common_prefix(prefix.ids, ids), len(ids) - 1)
-        *_, outcome = run_probe(loaded, instance, spec.mode, config, should_stop, prefix)
+        capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt_tokens, instance.question),
+                                   new_tokens=False) if spec.needle_attention else None
+        *_, outcome = run_probe(loaded, instance, spec.mode, config, should_stop, prefix, capture)
         if outcome.generation is not None and outcome.generation.finish == "cancelled":
             return
-        yield CellResult(cell, outcome, computed)
+        mass = None
+        if capture is not None and instance.needle_token_spans:
+            mass = float(torch.tensor(span_mass(stacked(capture), instance.needle_token_spans)).mean())
+        yield CellResult(cell, outcome, computed, mass)
 
 
 @dataclass(frozen=True)

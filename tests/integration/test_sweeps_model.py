@@ -108,10 +108,22 @@ def test_sweep_tab_through_gradio_client(served_app):
     url, store = served_app
     client = Client(url, verbose=False)
     config = ["smollm2-135m-instruct", "none", "nf4", "auto", True, 32, "default", "causal"]
-    grid = ["passkey", "400,800", 2, "linear", "1", "generate", "preset", "{}", None, False,
+    grid = ["passkey", "400,800", 2, "linear", "1", "generate", "preset", "{}", False, None, False,
             "smollm2-135m-instruct", "none", "fp32", True]
     estimate = client.predict(*grid, *config, api_name="/sweep_estimate")
     assert "4 cells" in estimate
     status, table = client.predict(*grid, 0, *config, api_name="/sweep_run")[:2]
     assert "4/4 cells" in status
     assert len(table["data"]) == 4 and all(row[3] for row in table["data"])
+    with_attention = grid[:1] + ["400"] + grid[2:8] + [True] + grid[9:]
+    outputs = client.predict(*with_attention, 0, *config, api_name="/sweep_run")
+    assert "2/2 cells" in outputs[0] and outputs[7] is not None  # the needle-mass heatmap
+
+
+def test_needle_attention_per_cell(embedded):
+    spec = SweepSpec("passkey", (400, 700), (0.0, 100.0), needle_attention=True)
+    cells = build_cells(embedded.tokenizer, spec, chat_template=True)
+    rows = [result.row() for result in run_sweep(embedded, spec, cells)]
+    assert len(rows) == 4 and all(0 < row["needle_mass"] < 1 for row in rows)
+    plain = SweepSpec("passkey", (400,), (0.0,))
+    assert SweepSpec.from_dict({k: v for k, v in plain.to_dict().items() if k != "needle_attention"}) == plain
