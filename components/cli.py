@@ -7,23 +7,23 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from components.replay import replay
 from components.run_log import log_generation, log_probe, remember_upload
+from components.sweep_jobs import open_job, parse_list, run_job, sweep_summary
 from engines.generation import format_prompt
 from engines.haystack import SOURCES, HaystackError, read_upload
 from engines.masks import KIND_PARAMS as MASK_KINDS
 from engines.masks import MaskSpec
 from engines.models import MANAGER, ModelError, console_progress
+from engines.probes import SCORE_MODES, max_prompt_tokens, run_free, run_probe
 from engines.rope import KIND_PARAMS as ROPE_KINDS
 from engines.rope import RopeSpec
-from engines.probes import SCORE_MODES, max_prompt_tokens, run_free, run_probe
 from engines.scoring import SCORERS
 from engines.specs import DTYPES, QUANT_4BIT_TYPES, QUANTS, ModelSpec, RunConfig, SpecError
-from components.sweep_jobs import open_job, parse_list, run_job, sweep_summary
 from engines.sweeps import SweepSpec
 from engines.tasks import ProbeSpec, build_probe, get_task, load_tasks
-from sqlalchemy.exc import SQLAlchemyError
-
 from storage.db import StorageError, Store, logging_enabled
 from storage.transfer import export_session, import_session
 

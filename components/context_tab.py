@@ -3,7 +3,6 @@ stream (the StreamingLLM picture), the measured cost of each mask, and phenomeno
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import gradio as gr
 
@@ -16,7 +15,6 @@ from engines.masks import DESCRIPTIONS, MaskSpec
 from engines.models import MANAGER
 from engines.probes import max_prompt_tokens, run_probe
 from engines.rope import RopeSpec
-from engines.specs import SpecError
 from engines.tasks import ProbeSpec, build_probe
 
 MASK_COSTS = ASSETS / "mask_costs.json"

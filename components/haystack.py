@@ -11,8 +11,14 @@ from components.figures import needle_strip
 from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
 from components.run_log import log_probe, remember_upload, session_for
 from engines.attention import AttentionCapture
-from engines.attention_views import (context_profile, layer_position, question_positions, segment_mass, span_mass,
-                                     stacked)
+from engines.attention_views import (
+    context_profile,
+    layer_position,
+    question_positions,
+    segment_mass,
+    span_mass,
+    stacked,
+)
 from engines.haystack import SOURCES, HaystackError, read_upload
 from engines.models import MANAGER
 from engines.probes import SCORE_MODES, ProbeOutcome, max_prompt_tokens, run_probe

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from engines.models import MANAGER, ModelError, cpu_supports_bf16
 from engines.haystack import HaystackError
 from engines.masks import MaskSpec
+from engines.models import MANAGER, ModelError, cpu_supports_bf16
 from engines.rope import RopeSpec
 from engines.specs import DTYPES, EMBEDDED_MODEL, QUANT_4BIT_TYPES, QUANTS, ModelSpec, RunConfig, SpecError
 from storage.db import StorageError

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import gradio as gr
 
+from components import figures
 from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
 from components.run_log import log_generation, session_for
-from components import figures
 from engines.attention import AttentionCapture
 from engines.attention_views import context_profile, layer_position, question_positions, stacked
 from engines.generation import GenerationResult, encode, format_prompt
-from engines.probes import run_free
 from engines.models import MANAGER
+from engines.probes import run_free
 from storage.db import StorageError, Store
 
 EXAMPLE_CONTEXT = "The capital of France is Paris."

@@ -7,9 +7,9 @@ import logging
 from engines.generation import GenerationResult
 from engines.models import LoadedModel
 from engines.probes import ProbeOutcome
-from engines.tasks import ProbeSpec
 from engines.specs import RunConfig
-from storage.db import Store, StorageError, logging_enabled
+from engines.tasks import ProbeSpec
+from storage.db import StorageError, Store, logging_enabled
 
 log = logging.getLogger("context_lab")
 

@@ -11,7 +11,7 @@ from components import figures
 from components.haystack import PRESET_HAYSTACK
 from components.model_panel import ConfigInputs, config_from_values, describe_loaded
 from components.run_log import session_for
-from components.sweep_jobs import SweepJob, estimate, open_job, parse_list, run_job, sweep_summary
+from components.sweep_jobs import SweepJob, estimate, open_job, parse_list, run_job
 from engines.haystack import SOURCES, HaystackError, read_upload
 from engines.models import ModelError
 from engines.probes import SCORE_MODES

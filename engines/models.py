@@ -216,14 +216,15 @@ class LoadedModel:
                 "max_positions": getattr(self.model.config, "max_position_embeddings", None)}
 
 
-def load_model(spec: ModelSpec, progress: Progress = no_progress) -> LoadedModel:
+def load_model(spec: ModelSpec, progress: Progress = no_progress, source: Path | None = None) -> LoadedModel:
+    """Load `spec` from `source` (resolved from spec.model when not given)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(spec)
     dtype, reason = resolve_dtype(spec, device)
     if spec.quant != "none" and dtype == torch.float16 and device == "cpu":
         raise ModelError("fp16 with bitsandbytes on the CPU is not supported; choose bf16 or fp32.")
-    source = resolve_source(spec.model, progress)
+    source = source or resolve_source(spec.model, progress)
     progress(0.9, f"Loading weights ({reason}, quantization {spec.quant})")
     started = time.perf_counter()
     try:
@@ -274,11 +275,11 @@ class ModelManager:
             if self._loaded is not None and self._loaded.spec == spec:
                 return self._loaded
             resolve_device(spec)
-            resolve_source(spec.model, progress)  # fails early, before anything is unloaded
+            source = resolve_source(spec.model, progress)  # fails early, before anything is unloaded
             previous = self._loaded.spec if self._loaded else None
             self.unload()
             try:
-                self._loaded = load_model(spec, progress)
+                self._loaded = load_model(spec, progress, source)
             except Exception:
                 if previous is not None:
                     self._loaded = load_model(previous)

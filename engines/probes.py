@@ -9,10 +9,10 @@ from typing import Callable, Iterator
 import psutil
 import torch
 
-from engines.generation import GenerationResult, PrefixCache, TokenEvent, encode, run_stream
-from engines.models import LoadedModel
 from engines.attention import AttentionCapture, capturing
 from engines.context import configure
+from engines.generation import GenerationResult, PrefixCache, TokenEvent, encode, run_stream
+from engines.models import LoadedModel
 from engines.scoring import Score, score
 from engines.specs import RunConfig
 from engines.tasks import ProbeInstance

@@ -14,8 +14,19 @@ from functools import lru_cache
 from typing import Any, Callable
 
 from engines.generation import format_prompt
-from engines.haystack import (ASSETS, HaystackError, Piece, Source, Span, _cycle_from, document,
-                              kv_pair, multidoc_set, random_uuid, render, source)
+from engines.haystack import (
+    ASSETS,
+    HaystackError,
+    Piece,
+    Source,
+    Span,
+    document,
+    kv_pair,
+    multidoc_set,
+    random_uuid,
+    render,
+    source,
+)
 from engines.scoring import SCORERS
 
 LENGTH_TOLERANCE = 0.01

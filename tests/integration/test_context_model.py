@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT
 from gradio_client import Client
 
-from conftest import ROOT
 from engines.context import configure, token_nll
 from engines.masks import MaskSpec, visible
 from engines.rope import RopeSpec

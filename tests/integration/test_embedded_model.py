@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT
+
 from engines.generation import encode, format_prompt, generate
 from engines.models import MANAGER, ModelError, embedded_model_dir
 from engines.specs import ModelSpec

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT
 from gradio_client import Client
 
-from conftest import ROOT
 from engines.generation import encode
 from engines.probes import ProbeOutcome, logprob_of, max_prompt_tokens, run_probe
 from engines.tasks import ProbeSpec, build_probe

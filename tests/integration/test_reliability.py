@@ -9,9 +9,9 @@ import threading
 import time
 
 import pytest
+from conftest import ROOT
 from gradio_client import Client
 
-from conftest import ROOT
 from storage.db import Store
 
 pytestmark = pytest.mark.model

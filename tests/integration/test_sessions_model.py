@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 from gradio_client import Client
 
 from components.replay import replay
 from components.run_log import session_for
 from components.sweep_jobs import open_job, run_job
-from conftest import ROOT
 from engines.specs import RunConfig
 from engines.sweeps import SweepSpec
 from storage.db import Store

@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 from gradio_client import Client
 
 from components.sweep_jobs import open_job, run_job, sweep_summary
-from conftest import ROOT
 from engines.probes import run_probe
 from engines.specs import RunConfig
 from engines.sweeps import SweepSpec, build_cells, run_sweep
