@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from components.replay import replay
 from components.run_log import log_generation, log_probe, remember_upload
 from components.sweep_jobs import open_job, parse_list, run_job, sweep_summary
-from engines.generation import format_prompt
+from engines.conflicts import conflict_summary, run_conflicts
+from engines.decoding import METHOD_PARAMS, DecodingSpec
+from engines.generation import encode, format_prompt
 from engines.haystack import SOURCES, HaystackError, read_upload
 from engines.masks import KIND_PARAMS as MASK_KINDS
 from engines.masks import MaskSpec
@@ -68,12 +71,20 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def add_method_flag(parser: argparse.ArgumentParser, repeatable: bool = False) -> None:
+    parser.add_argument("--method", action="append" if repeatable else "store", default=None,
+                        help="decoding METHOD[:key=value,...], e.g. beam:num_beams=4 (methods: "
+                        f"{', '.join(METHOD_PARAMS)})" + ("; repeat to compare methods" if repeatable else ""))
+
+
 def config_from_args(args: argparse.Namespace, default_new_tokens: int) -> RunConfig:
     spec = ModelSpec(model=args.model, quant=args.quant, quant_4bit_type=args.quant_4bit_type,
                      dtype=args.dtype, device=args.device)
     new_tokens = default_new_tokens if args.max_new_tokens is None else args.max_new_tokens
+    method = args.method[0] if isinstance(args.method, list) else args.method
     return RunConfig(model=spec, chat_template=not args.no_chat_template, max_new_tokens=new_tokens,
-                     rope=RopeSpec.parse(args.rope), mask=MaskSpec.parse(args.mask))
+                     rope=RopeSpec.parse(args.rope), mask=MaskSpec.parse(args.mask),
+                     decoding=DecodingSpec.parse(method or "greedy"))
 
 
 def _store() -> Store:
@@ -124,7 +135,8 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
     config = config_from_args(args, default_new_tokens=32)
     loaded = MANAGER.get(config.model, first_use_progress)
     prompt = format_prompt(loaded.tokenizer, args.context, args.question, config.chat_template)
-    *_, result = run_free(loaded, prompt, config)
+    plain = format_prompt(loaded.tokenizer, "", args.question, config.chat_template)
+    *_, result = run_free(loaded, prompt, config, plain_prompt=plain)
     store, session_id = _run_log(args)
     run_id = kept_if_unsaved(lambda: log_generation(store, session_id, "probe", config, loaded,
                                                     {"context": args.context, "question": args.question}, result))
@@ -149,6 +161,42 @@ def probe_task(args: argparse.Namespace) -> dict[str, Any]:
     run_id = kept_if_unsaved(lambda: log_probe(store, session_id, config, loaded, outcome))
     return outcome.summary() | {"prompt": instance.prompt, "model": config.model.model,
                                 "dtype": loaded.dtype_name, "quant": config.model.quant, "run_id": run_id}
+
+
+def cmd_decode(args: argparse.Namespace) -> dict[str, Any]:
+    """One or more decoding methods on a context and question (or the knowledge-conflict set)."""
+    methods = args.method or ["greedy"]
+    extra = parse_params(args.param)
+    if extra and len(methods) > 1:
+        raise SpecError("--param applies to one --method; write the settings into each --method instead, "
+                        "e.g. --method beam:num_beams=4.")
+    specs = [DecodingSpec.parse(m) for m in methods]
+    if extra:
+        specs = [DecodingSpec(specs[0].method, specs[0].params | extra)]
+    config = dataclasses.replace(config_from_args(args, default_new_tokens=32), decoding=specs[0])
+    loaded = MANAGER.get(config.model, first_use_progress)
+    if args.conflicts:
+        rows = list(run_conflicts(loaded, specs, config.chat_template, config.max_new_tokens, limit=args.limit))
+        return {"summary": conflict_summary(rows), "rows": rows, "model": config.model.model,
+                "dtype": loaded.dtype_name}
+    if args.question is None or not args.question.strip():
+        raise SpecError("--question is empty: give the question to ask about the context (or use --conflicts).")
+    prompt = format_prompt(loaded.tokenizer, args.context, args.question, config.chat_template)
+    plain = format_prompt(loaded.tokenizer, "", args.question, config.chat_template)
+    store, session_id = _run_log(args)
+    runs = []
+    for spec in specs:
+        run_config = dataclasses.replace(config, decoding=spec)
+        *_, result = run_free(loaded, prompt, run_config, plain_prompt=plain)
+        run_id = kept_if_unsaved(lambda: log_generation(store, session_id, "probe", run_config, loaded,
+                                                        {"context": args.context, "question": args.question}, result))
+        runs.append({"method": spec.label, "text": result.text, "details": result.details,
+                     "tokens": [event.to_dict() for event in result.tokens], "new_tokens": result.new_tokens,
+                     "seconds": result.seconds, "time_to_first_token": result.ttft,
+                     "tokens_per_second": result.tokens_per_second, "finish": result.finish, "run_id": run_id})
+    common = {"prompt": prompt, "prompt_tokens": len(encode(loaded.tokenizer, prompt)[0]), "model": config.model.model,
+              "dtype": loaded.dtype_name, "device": loaded.device}
+    return (runs[0] | common) if len(runs) == 1 else common | {"runs": runs}
 
 
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
@@ -186,8 +234,8 @@ def config_with(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """`config` with --b key=value overrides: model fields (model, quant, dtype, ...) or run fields."""
     data = config.to_dict()
     for key, value in overrides.items():
-        if key in ("rope", "mask"):
-            parsed = (RopeSpec if key == "rope" else MaskSpec).parse(str(value))
+        if key in ("rope", "mask", "decoding"):
+            parsed = {"rope": RopeSpec, "mask": MaskSpec, "decoding": DecodingSpec}[key].parse(str(value))
             data[key] = parsed.to_dict()
         elif key in data["model"]:
             data["model"][key] = str(value) if key == "model" else value
@@ -195,7 +243,7 @@ def config_with(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             data[key] = value
         else:
             raise SpecError(f"--b {key}=... is not a setting; use one of: "
-                            f"{', '.join([*data['model'], 'chat_template', 'max_new_tokens', 'rope', 'mask'])}.")
+                            f"{', '.join([*data['model'], 'chat_template', 'max_new_tokens', 'rope', 'mask', 'decoding'])}.")
     return RunConfig.from_dict(data)
 
 
@@ -237,7 +285,7 @@ def cmd_tasks(args: argparse.Namespace) -> dict[str, Any]:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "probe": cmd_probe, "sweep": cmd_sweep, "tasks": cmd_tasks, "sessions": cmd_sessions, "replay": cmd_replay,
+    "probe": cmd_probe, "decode": cmd_decode, "sweep": cmd_sweep, "tasks": cmd_tasks, "sessions": cmd_sessions, "replay": cmd_replay,
     "export": cmd_export, "import": cmd_import}
 
 
@@ -260,6 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--upload", help="a .txt or .md file as the haystack (with --haystack upload)")
     probe.add_argument("--param", action="append", default=[], help="builder setting key=value (repeatable)")
     add_config_flags(probe)
+    add_method_flag(probe)
+    decode = commands.add_parser("decode", help="decode a context and question with one or more methods; print "
+                                 "the text, the prompt, and every token with its probability")
+    decode.add_argument("--context", default="", help="the context text")
+    decode.add_argument("--question", help="the question")
+    decode.add_argument("--param", action="append", default=[], help="a setting of --method, key=value (repeatable)")
+    decode.add_argument("--conflicts", action="store_true",
+                        help="run the methods over the knowledge-conflict set instead; print how often each "
+                        "follows the context")
+    decode.add_argument("--limit", type=int, help="with --conflicts: only the first N items")
+    add_config_flags(decode)
+    add_method_flag(decode, repeatable=True)
     sweep = commands.add_parser("sweep", help="run a task over lengths x depths x seeds; print every cell")
     sweep.add_argument("--task", help="a task preset")
     sweep.add_argument("--lengths", default="1000,2000,4000,8000", help="comma-separated prompt lengths")
@@ -275,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the same sweep again with this setting changed (A/B), e.g. --b dtype=fp32")
     sweep.add_argument("--resume", metavar="SWEEP_ID", help="continue an interrupted sweep")
     add_config_flags(sweep)
+    add_method_flag(sweep)
     sessions = commands.add_parser("sessions", help="list sessions, or one session's runs")
     sessions.add_argument("--session", help="list this session's runs")
     sessions.add_argument("--json", action="store_true", help="print one JSON object")

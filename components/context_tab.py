@@ -56,9 +56,8 @@ def build(config: ConfigInputs) -> None:
             run_preset = gr.Button("Run the preset")
         preset_result = gr.JSON(label="Preset results")
 
-    def pictures(length, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask):
-        run_config = config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens,
-                                        rope, mask)
+    def pictures(length, *values):
+        run_config = config_from_values(*values)
         if length is None or not 16 <= int(length) <= 1_000_000:
             raise gr.Error("The picture length must be between 16 and 1,000,000 tokens.")
         rows, positions = mask_grid(run_config.mask, int(length))
@@ -69,15 +68,13 @@ def build(config: ConfigInputs) -> None:
             dim, trained = original.inv_freq.shape[0] * 2, original.original_max_seq_len
         curves = {"default": rope_curves(RopeSpec(), base, dim, trained)}
         if run_config.rope.kind != "default":
-            curves[rope or "chosen"] = rope_curves(run_config.rope, base, dim, trained)
+            curves[values[6] or "chosen"] = rope_curves(run_config.rope, base, dim, trained)
         ratio, wave, decay = figures.rope_curves(curves, trained, run_config.rope.factor)
         title = f"{run_config.mask.kind} mask, {int(length)} tokens (sampled {len(positions)}x{len(positions)})"
         return figures.mask_picture(rows, positions, title), ratio, wave, decay
 
-    def nll(tokens, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask,
-            progress=gr.Progress()):
-        run_config = config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens,
-                                        rope, mask)
+    def nll(tokens, *values, progress=gr.Progress()):
+        run_config = config_from_values(*values)
         loaded = loaded_model(run_config, progress)
         if tokens is None or not 64 <= int(tokens) <= max_prompt_tokens(loaded):
             raise gr.Error(f"The stream length must be between 64 and {max_prompt_tokens(loaded)} tokens.")
@@ -86,7 +83,7 @@ def build(config: ConfigInputs) -> None:
         curves = {}
         settings = [("plain causal, default RoPE", RopeSpec(), MaskSpec())]
         if run_config.mask.kind != "causal" or run_config.rope.kind != "default":
-            settings.append((f"{rope} / {mask}", run_config.rope, run_config.mask))
+            settings.append((f"{values[6]} / {values[7]}", run_config.rope, run_config.mask))
         try:
             with MANAGER.lock:
                 for label, rope_spec, mask_spec in settings:
@@ -95,13 +92,11 @@ def build(config: ConfigInputs) -> None:
             raise gr.Error(str(exc)) from exc
         return figures.nll_stream(curves)
 
-    def preset_run(name, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask,
-                   progress=gr.Progress()):
+    def preset_run(name, *values, progress=gr.Progress()):
         chosen = next(p for p in phenomena() if p["name"] == name)
         results = []
         for setting in chosen["settings"]:
-            run_config = config_from_values(model, quant, quant_4bit_type, dtype, chat_template, 16,
-                                            setting["rope"], setting["mask"])
+            run_config = config_from_values(*values[:5], 16, setting["rope"], setting["mask"], values[8])
             loaded = loaded_model(run_config, progress)
             instance = build_probe(loaded.tokenizer, ProbeSpec(**chosen["probe"]), run_config.chat_template,
                                    max_tokens=max_prompt_tokens(loaded))

@@ -4,6 +4,8 @@ The Sessions tab re-renders stored runs with these same functions.
 """
 from __future__ import annotations
 
+import html
+
 import plotly.graph_objects as go
 
 from engines.sweep_stats import by_depth, by_length, effective_length, grid, u_curve_indices
@@ -139,6 +141,12 @@ def run_figures(run: dict) -> list[go.Figure]:
             "effective", {}).get("rule", "") else None
         return [sweep_heatmap(cells, spec["lengths"], spec["depths"], value, f"{spec['task']} (stored)"),
                 position_curve(cells, value), length_curve(cells, threshold, value)]
+    if kind == "conflicts":
+        return [conflict_bars(outputs["conflict_summary"])]
+    if kind == "sift":
+        return [sift_timeline(outputs["stages"], outputs["resolved_at"])]
+    if kind == "sift_benchmark":
+        return [sift_benchmark_bars(outputs["summary"])]
     figs = []
     if outputs.get("spans"):
         figs.append(needle_strip(outputs["spans"], outputs["prompt_tokens"]))
@@ -235,4 +243,101 @@ def segment_bars(masses: dict[str, float]) -> go.Figure:
                            hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
     fig.update_layout(title="Attention mass per segment", xaxis_title="mass", height=420,
                       yaxis=dict(autorange="reversed"), margin=dict(l=200, r=10, t=50, b=40))
+    return fig
+
+
+def decoding_tokens(runs: dict[str, list[dict]]) -> go.Figure:
+    """Per method, the chosen token's probability at each step (alternatives on hover) and the entropy."""
+    fig = go.Figure()
+    for method, tokens in runs.items():
+        steps = list(range(len(tokens)))
+        hover = [f"{html.escape(repr(t['text']))}<br>" + "<br>".join(
+            f"{html.escape(repr(alt))}: {p:.3f}" for alt, p in t.get("top", [])) for t in tokens]
+        fig.add_trace(go.Scatter(x=steps, y=[t["prob"] for t in tokens], mode="lines+markers",
+                                 name=f"{method}: p(token)", customdata=hover, legendgroup=method,
+                                 hovertemplate="step %{x}: p=%{y:.3f}<br>%{customdata}<extra>"
+                                 + html.escape(method) + "</extra>"))
+        fig.add_trace(go.Scatter(x=steps, y=[t["entropy"] for t in tokens], mode="lines", yaxis="y2",
+                                 line=dict(dash="dot"), name=f"{method}: entropy", legendgroup=method,
+                                 hovertemplate="step %{x}: entropy %{y:.2f} nats<extra></extra>"))
+    fig.update_layout(title="Chosen token's probability (solid) and entropy (dotted) per step", height=380,
+                      margin=dict(l=50, r=50, t=50, b=40), xaxis=dict(title="new token"),
+                      yaxis=dict(title="probability", range=[0, 1.02]),
+                      yaxis2=dict(title="entropy (nats)", overlaying="y", side="right", showgrid=False),
+                      legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def cad_alpha(runs: dict[str, list[dict]]) -> go.Figure:
+    """alpha at each step for context-aware methods (constant for CAD, JSD for AdaCAD), token on hover."""
+    fig = go.Figure()
+    for method, tokens in runs.items():
+        fig.add_trace(go.Scatter(x=list(range(len(tokens))), y=[t["extra"]["alpha"] for t in tokens],
+                                 mode="lines+markers", name=method, text=[html.escape(repr(t["text"])) for t in tokens],
+                                 hovertemplate="step %{x}: alpha %{y:.3f}<br>%{text}<extra></extra>"))
+    fig.update_layout(title="Context weight alpha per step (AdaCAD: JSD, at most ln 2 = 0.693)", height=300,
+                      margin=dict(l=50, r=10, t=50, b=40), xaxis=dict(title="new token"),
+                      yaxis=dict(title="alpha", rangemode="tozero"))
+    return fig
+
+
+def conflict_bars(summary: list[dict]) -> go.Figure:
+    """How often each method answered from the context, from memory, or neither."""
+    fig = go.Figure()
+    methods = [html.escape(row["method"]) for row in summary]
+    for key, colour in (("follows_context", "#2ca02c"), ("follows_memory", "#d62728"), ("neither", "#c7c7c7")):
+        fig.add_trace(go.Bar(x=methods, y=[row[key] for row in summary], name=key.replace("_", " "),
+                             marker_color=colour))
+    fig.update_layout(barmode="stack", title="Knowledge conflicts: whom the answer follows", height=340,
+                      yaxis=dict(title="share of items", range=[0, 1]), margin=dict(l=50, r=10, t=50, b=80))
+    return fig
+
+
+STAGE_COLOURS = {"fallback": "#7f7f7f", "stage 1": "#1f77b4", "stage 2": "#ff7f0e", "stage 3": "#9467bd"}
+
+
+def sift_timeline(stages: list[dict], resolved_at: str | None = None) -> go.Figure:
+    """Each model call of a SIFT run as a bar along time, coloured by stage; tokens and answer on hover."""
+    fig, start = go.Figure(), 0.0
+    for number, stage in enumerate(stages):
+        agrees = "" if stage.get("agrees") is None else f"<br>agrees: {stage['agrees']}"
+        fig.add_trace(go.Bar(
+            y=[f"{number + 1}. {stage['step']}"], x=[max(stage["seconds"], 0.01)], base=[start], orientation="h",
+            marker_color=STAGE_COLOURS.get(stage["stage"], "#333"), name=stage["stage"], legendgroup=stage["stage"],
+            showlegend=stage["stage"] not in {s["stage"] for s in stages[:number]},
+            hovertemplate=(f"{stage['stage']}: {stage['step']}<br>{stage['prompt_tokens']} prompt + "
+                           f"{stage['new_tokens']} new tokens<br>{stage['seconds']:.2f} s<br>answer: "
+                           f"{html.escape(str(stage.get('answer')))}{agrees}<extra></extra>")))
+        start += stage["seconds"]
+    fig.update_layout(title=f"SIFT stages over time (resolved at: {resolved_at or 'running'})",
+                      height=120 + 28 * len(stages), barmode="overlay", margin=dict(l=130, r=10, t=50, b=40),
+                      xaxis=dict(title="seconds"), yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def sift_benchmark_bars(summary: dict) -> go.Figure:
+    """Accuracy of the query-alone baseline and of SIFT, and the share of items resolved at each stage."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=["baseline (query alone)", "SIFT"], y=[summary["baseline_accuracy"],
+                                                                    summary["sift_accuracy"]],
+                         name="accuracy", marker_color=["#7f7f7f", "#2ca02c"]))
+    shares = summary["resolved_share"]
+    fig.add_trace(go.Bar(x=[f"resolved: {s}" for s in shares], y=list(shares.values()), name="share of items",
+                         marker_color=[STAGE_COLOURS[s] for s in shares]))
+    fig.update_layout(title=f"SIFT mini benchmark ({summary['items']} items)", height=340,
+                      yaxis=dict(range=[0, 1], title="share"), margin=dict(l=50, r=10, t=50, b=60))
+    return fig
+
+
+def sticker_attention_bars(attention: dict) -> go.Figure:
+    """Per layer, the answer's attention mass on the Sticker and on the original problem text."""
+    fig = go.Figure()
+    for name, colour in (("sticker", "#2ca02c"), ("question", "#1f77b4")):
+        layers = attention[f"{name}_by_layer"]
+        fig.add_trace(go.Scatter(x=list(range(len(layers))), y=layers, mode="lines+markers", name=name,
+                                 line=dict(color=colour)))
+    fig.update_layout(title=f"Answer's attention: Sticker {attention['sticker_mass']:.3f} vs problem "
+                      f"{attention['question_mass']:.3f} (mean over layers and heads)", height=320,
+                      xaxis=dict(title="layer"), yaxis=dict(title="attention mass", rangemode="tozero"),
+                      margin=dict(l=50, r=10, t=50, b=40))
     return fig

@@ -118,8 +118,8 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             prompt_box = gr.Textbox(lines=12, max_lines=30, interactive=False, show_label=False)
 
     def make(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
-             model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, progress):
-        run_config = config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask)
+             *values, progress):
+        run_config = config_from_values(*values)
         spec = probe_spec(task_name, length_value, depth_value, seed_value, haystack_name, params_json)
         loaded = loaded_model(run_config, progress)
         try:
@@ -132,18 +132,17 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         return dataclasses.replace(run_config, max_new_tokens=instance.max_new_tokens), loaded, instance
 
     def build_only(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
-                   model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, progress=gr.Progress()):
+                   *values, progress=gr.Progress()):
         *_, instance = make(task_name, length_value, depth_value, seed_value, haystack_name, params_json,
-                            upload_path, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask,
-                            progress)
+                            upload_path, *values, progress=progress)
         return {strip: needle_strip(list(instance.spans), instance.prompt_tokens), summary: summary_of(instance),
                 prompt_box: preview(instance)}
 
     def run(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path, mode_name,
-            capture_wanted, state, model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, progress=gr.Progress()):
+            capture_wanted, state, *values, progress=gr.Progress()):
         run_config, loaded, instance = make(
             task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
-            model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, progress)
+            *values, progress=progress)
         shown = {strip: needle_strip(list(instance.spans), instance.prompt_tokens), summary: summary_of(instance),
                  prompt_box: preview(instance)}
         yield shown | {answer: "", score: None}

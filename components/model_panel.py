@@ -1,4 +1,4 @@
-"""The shared configuration panel: model, quantization, dtype, chat template, new-token budget.
+"""The shared configuration panel: model, quantization, dtype, chat template, budget, RoPE, mask, decoding.
 
 Every tab reads the same inputs and turns them into one `RunConfig` with `config_from_values`.
 """
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from engines.decoding import DecodingSpec
 from engines.haystack import HaystackError
 from engines.masks import MaskSpec
 from engines.models import MANAGER, ModelError, cpu_supports_bf16
@@ -29,22 +30,24 @@ class ConfigInputs:
     max_new_tokens: gr.Number
     rope: gr.Textbox
     mask: gr.Textbox
+    decoding: gr.Textbox
     status: gr.Markdown  # shows the loaded model; not a config value
 
     def all(self) -> list:
         return [self.model, self.quant, self.quant_4bit_type, self.dtype, self.chat_template,
-                self.max_new_tokens, self.rope, self.mask]
+                self.max_new_tokens, self.rope, self.mask, self.decoding]
 
 
 def config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope="default",
-                       mask="causal") -> RunConfig:
+                       mask="causal", decoding="greedy") -> RunConfig:
     """The RunConfig for the panel's values; a bad value becomes a gr.Error saying what to change."""
     try:
         if max_new_tokens is None or float(max_new_tokens) != int(max_new_tokens):
             raise SpecError("Max new tokens must be a whole number from 1 to 4096.")
         spec = ModelSpec(model=(model or "").strip(), quant=quant, quant_4bit_type=quant_4bit_type, dtype=dtype)
         return RunConfig(model=spec, chat_template=bool(chat_template), max_new_tokens=int(max_new_tokens),
-                         rope=RopeSpec.parse(rope or "default"), mask=MaskSpec.parse(mask or "causal"))
+                         rope=RopeSpec.parse(rope or "default"), mask=MaskSpec.parse(mask or "causal"),
+                         decoding=DecodingSpec.parse(decoding or "greedy"))
     except (SpecError, ValueError, TypeError) as exc:
         raise gr.Error(str(exc)) from exc
 
@@ -80,10 +83,10 @@ def describe_loaded() -> str:
             f"memory {info['footprint_mb']} MB")
 
 
-def load(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask,
+def load(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding,
          progress=gr.Progress()) -> str:
-    loaded_model(config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask),
-                 progress)
+    loaded_model(config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask,
+                                    decoding), progress)
     return describe_loaded()
 
 
@@ -104,8 +107,10 @@ def build() -> ConfigInputs:
             max_new_tokens = gr.Number(32, precision=0, minimum=1, maximum=4096, label="Max new tokens")
             rope = gr.Textbox("default", label="RoPE", info="KIND[:factor[,key=value]], e.g. yarn:2 (Context tab)")
             mask = gr.Textbox("causal", label="Attention mask", info="KIND[:key=value,...], e.g. sinks:window=1024")
+            decoding = gr.Textbox("greedy", label="Decoding", info="METHOD[:key=value,...], e.g. beam:num_beams=4 "
+                                  "(Decoding tab)")
             load_button = gr.Button("Load", variant="secondary")
         status = gr.Markdown(describe_loaded())
-    inputs = ConfigInputs(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, status)
+    inputs = ConfigInputs(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding, status)
     load_button.click(load, inputs.all(), status, api_name="load_model", concurrency_id="model")
     return inputs

@@ -46,9 +46,8 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         with gr.Accordion("Prompt: the exact text fed to the model", open=False):
             prompt_box = gr.Textbox(lines=10, max_lines=30, interactive=False, show_label=False, elem_id="probe-prompt")
 
-    def probe(context_text, question_text, capture_wanted, state, model, quant, quant_4bit_type, dtype, chat_template,
-              max_new_tokens, rope, mask, progress=gr.Progress()):
-        run_config = config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask)
+    def probe(context_text, question_text, capture_wanted, state, *values, progress=gr.Progress()):
+        run_config = config_from_values(*values)
         if not question_text or not question_text.strip():
             raise gr.Error("Enter a question: the probe needs something to ask about the context.")
         loaded = loaded_model(run_config, progress)

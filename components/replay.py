@@ -47,8 +47,9 @@ def replay(store: Store, run_id: str, progress: Progress = no_progress) -> dict[
         prompt = instance.prompt
     elif kind == "probe":
         prompt = format_prompt(loaded.tokenizer, inputs["context"], inputs["question"], config.chat_template)
+        plain = format_prompt(loaded.tokenizer, "", inputs["question"], config.chat_template)
         with MANAGER.lock:
-            *_, result = run_free(loaded, prompt, config)
+            *_, result = run_free(loaded, prompt, config, plain_prompt=plain)
         new_id = log_generation(store, session_id, "probe", config, loaded, inputs | {"replay_of": run_id}, result)
         now = {"text": result.text, "token_ids": [t.token_id for t in result.tokens]}
         old = {"text": run["outputs"]["text"], "token_ids": [t["token_id"] for t in run["outputs"]["tokens"]]}

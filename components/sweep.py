@@ -49,7 +49,7 @@ def b_config(a: RunConfig, model, quant, dtype, chat_template) -> RunConfig:
     except SpecError as exc:
         raise gr.Error(f"Configuration B: {exc}") from exc
     return RunConfig(model=spec, chat_template=bool(chat_template), max_new_tokens=a.max_new_tokens,
-                     rope=a.rope, mask=a.mask)
+                     rope=a.rope, mask=a.mask, decoding=a.decoding)
 
 
 def status_line(jobs: list[SweepJob], started: float, done_now: int, estimated: float | None) -> str:
@@ -147,12 +147,11 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                **{outputs[k]: fig for k, fig in plots(jobs, value, limit).items()}}
 
     def make_jobs(log_to, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                  params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state, model, quant, quant_4bit_type,
-                  dtype, chat_template, max_new_tokens, rope, mask):
+                  params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state, *values):
         spec = sweep_spec(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
                           params_json, attention_wanted)
-        a = config_from_values(model, quant, quant_4bit_type, dtype, chat_template,
-                               load_tasks()[task_name].max_new_tokens, rope, mask)  # each task sets its budget
+        budget = load_tasks()[task_name].max_new_tokens  # each task sets its own new-token budget
+        a = config_from_values(*values[:5], budget, *values[6:])
         configs = [a] + ([b_config(a, bm, bq, bd, bt)] if use_b else [])
         try:
             upload_text = read_upload(upload_path) if upload_path else None
@@ -163,11 +162,11 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             raise gr.Error(str(exc)) from exc
 
     def estimate_time(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                      params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state, model, quant, quant_4bit_type,
-                      dtype, chat_template, max_new_tokens, rope, mask, progress=gr.Progress()):
+                      params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state, *values,
+                      progress=gr.Progress()):
         *_, jobs = make_jobs(None, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                            params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state, model, quant,
-                            quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask)  # nothing is recorded
+                            params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state,
+                            *values)  # nothing is recorded
         try:
             figures_ = [estimate(job, lambda f, m: progress(f, desc=m)) for job in jobs]
         except USER_ERRORS as exc:
@@ -178,11 +177,10 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 f"({plain:.0f} s without prefix sharing), from a calibration run on this machine.")
 
     def run(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name, params_json,
-            attention_wanted, upload_path, use_b, bm, bq, bd, bt, state, limit, model, quant, quant_4bit_type, dtype,
-            chat_template, max_new_tokens, rope, mask, progress=gr.Progress()):
+            attention_wanted, upload_path, use_b, bm, bq, bd, bt, state, limit, *values, progress=gr.Progress()):
         state, log_to, jobs = make_jobs(store, task_name, length_text, count, spacing_name, seed_text, mode_name,
                                         haystack_name, params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state,
-                                        model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask)
+                                        *values)
         yield {session: state, status: status_line(jobs, time.perf_counter(), 0, None)}
         try:
             yield from stream(jobs, log_to, "correct" if jobs[0].spec.mode == "generate" else "score", limit, None,

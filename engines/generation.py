@@ -27,6 +27,7 @@ class TokenEvent:
     top: tuple[tuple[str, float], ...]
     entropy: float
     elapsed: float
+    extra: dict = field(default_factory=dict)  # what a method adds: CAD's two distributions, DoLa's layer
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,6 +46,7 @@ class GenerationResult:
     tokens_per_second: float
     finish: str  # "eos", "length" or "cancelled"
     tokens: tuple[TokenEvent, ...] = field(default=(), repr=False)
+    details: dict = field(default_factory=dict)  # what a method adds: beams, ICN answers
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -79,17 +81,20 @@ def _eos_ids(loaded: LoadedModel) -> set[int]:
     return {i for i in ids + [loaded.tokenizer.eos_token_id] if i is not None}
 
 
+def top_tokens(tokenizer, logits: torch.Tensor, count: int = TOP_ALTERNATIVES) -> tuple[tuple[str, float], ...]:
+    """The `count` most probable tokens of `logits` [vocab] with their probabilities."""
+    top = torch.topk(torch.softmax(logits.float(), dim=-1), count)
+    return tuple((tokenizer.decode([int(i)]), round(float(p), 6)) for p, i in zip(top.values, top.indices))
+
+
 def event_from_logits(tokenizer, logits: torch.Tensor, token_id: int, index: int, text: str,
-                      started: float) -> TokenEvent:
+                      started: float, extra: dict | None = None) -> TokenEvent:
     """Build the event for `token_id` chosen from `logits` [vocab]."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     probs = logp.exp()
-    top = torch.topk(probs, TOP_ALTERNATIVES)
     entropy = float(-(probs * logp).nan_to_num().sum())
-    alternatives = tuple((tokenizer.decode([int(i)]), round(float(p), 6))
-                         for p, i in zip(top.values, top.indices))
-    return TokenEvent(index, token_id, text, float(probs[token_id]), alternatives, entropy,
-                      time.perf_counter() - started)
+    return TokenEvent(index, token_id, text, float(probs[token_id]), top_tokens(tokenizer, logits), entropy,
+                      time.perf_counter() - started, extra or {})
 
 
 class TextDelta:
@@ -143,16 +148,24 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return count
 
 
+def pick_greedy(logits: torch.Tensor, outputs, ids: list[int]) -> tuple[int, torch.Tensor, dict]:
+    """The chooser of greedy decoding: the most probable token, shown with the model's own logits."""
+    return int(logits.argmax()), logits, {}
+
+
 @torch.inference_mode()
-def stream_greedy(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: int,
+def stream_tokens(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: int,
                   should_stop: Callable[[], bool] = lambda: False,
                   prefix: PrefixCache | None = None,
-                  positions: torch.Tensor | None = None) -> Iterator[TokenEvent]:
-    """Greedy decoding with a KV cache, one event per new token; stops at EOS or the budget.
+                  positions: torch.Tensor | None = None,
+                  choose: Callable = pick_greedy, hidden_states: bool = False) -> Iterator[TokenEvent]:
+    """Decoding of one sequence with a KV cache, one event per new token; stops at EOS or the budget.
 
-    With `prefix`, the cached part of the prompt is not computed again, and afterwards the cache
-    holds exactly the prompt, ready for the next one. `positions` [seq] gives the prompt's position
-    ids when they are not 0..n-1 (shared document positions); new tokens continue after the largest.
+    `choose(logits [vocab], outputs, ids so far)` returns the token, the logits the event shows and the
+    event's extra fields (greedy by default; sampling, DoLa and CAD bring their own). With `prefix`,
+    the cached part of the prompt is not computed again, and afterwards the cache holds exactly the
+    prompt, ready for the next one. `positions` [seq] gives the prompt's position ids when they are
+    not 0..n-1 (shared document positions); new tokens continue after the largest.
     """
     model, tokenizer = loaded.model, loaded.tokenizer
     prefix = prefix or PrefixCache()
@@ -165,16 +178,18 @@ def stream_greedy(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: 
     started = time.perf_counter()
     next_input = input_ids[:, reused:].to(loaded.device)
     position_ids = None if positions is None else positions[None, reused:].to(loaded.device)
+    so_far = list(ids)
     try:
         for index in range(max_new_tokens):
             if should_stop():
                 return
-            logits = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1,
-                           position_ids=position_ids).logits[0, -1]
-            token_id = int(logits.argmax())
+            outputs = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1,
+                            position_ids=position_ids, output_hidden_states=hidden_states)
+            token_id, shown, extra = choose(outputs.logits[0, -1], outputs, so_far)
             if token_id in eos:
                 return
-            yield event_from_logits(tokenizer, logits, token_id, index, delta.add(token_id), started)
+            so_far.append(token_id)
+            yield event_from_logits(tokenizer, shown, token_id, index, delta.add(token_id), started, extra)
             next_input = torch.tensor([[token_id]], device=loaded.device)
             if positions is not None:
                 position_ids = torch.tensor([[int(positions.max()) + 1 + index]], device=loaded.device)
@@ -194,7 +209,7 @@ def run_stream(loaded: LoadedModel, prompt: str, max_new_tokens: int,
     input_ids = encode(loaded.tokenizer, prompt)
     started = time.perf_counter()
     events: list[TokenEvent] = []
-    for event in stream_greedy(loaded, input_ids, max_new_tokens, should_stop, prefix, positions):
+    for event in stream_tokens(loaded, input_ids, max_new_tokens, should_stop, prefix, positions):
         events.append(event)
         yield event
     yield summarize(prompt, input_ids.shape[1], events, time.perf_counter() - started,
@@ -209,11 +224,12 @@ def generate(loaded: LoadedModel, prompt: str, max_new_tokens: int,
 
 
 def summarize(prompt: str, prompt_tokens: int, events: list[TokenEvent], seconds: float,
-              max_new_tokens: int, cancelled: bool) -> GenerationResult:
+              max_new_tokens: int, cancelled: bool, text: str | None = None,
+              details: dict | None = None) -> GenerationResult:
     ttft = events[0].elapsed if events else seconds
     decode_seconds = seconds - ttft
     rate = (len(events) - 1) / decode_seconds if len(events) > 1 and decode_seconds > 0 else 0.0
     finish = "cancelled" if cancelled else ("length" if len(events) >= max_new_tokens else "eos")
-    return GenerationResult("".join(e.text for e in events).strip(), prompt, prompt_tokens,
-                            len(events), round(seconds, 4), round(ttft, 4),
-                            round(rate, 2) if math.isfinite(rate) else 0.0, finish, tuple(events))
+    text = "".join(e.text for e in events).strip() if text is None else text
+    return GenerationResult(text, prompt, prompt_tokens, len(events), round(seconds, 4), round(ttft, 4),
+                            round(rate, 2) if math.isfinite(rate) else 0.0, finish, tuple(events), details or {})

@@ -11,10 +11,11 @@ import torch
 
 from engines.attention import AttentionCapture, capturing
 from engines.context import configure
-from engines.generation import GenerationResult, PrefixCache, TokenEvent, encode, run_stream
+from engines.decoding import CAPTURE_METHODS, decode
+from engines.generation import GenerationResult, PrefixCache, TokenEvent, encode, format_prompt
 from engines.models import LoadedModel
 from engines.scoring import Score, score
-from engines.specs import RunConfig
+from engines.specs import RunConfig, SpecError
 from engines.tasks import ProbeInstance
 
 SCORE_MODES = ("generate", "logprob")
@@ -129,11 +130,29 @@ def run_probe(loaded: LoadedModel, instance: ProbeInstance, mode: str = "generat
               prefix: PrefixCache | None = None,
               capture: AttentionCapture | None = None) -> Iterator[TokenEvent | ProbeOutcome]:
     """As `probe_events`, recording attention rows into `capture` when one is given."""
+    config = config or RunConfig(max_new_tokens=instance.max_new_tokens)
     if capture is None:
         yield from probe_events(loaded, instance, mode, config, should_stop, prefix)
         return
+    check_capture(config)
     with capturing(loaded.model, capture):
         yield from probe_events(loaded, instance, mode, config, should_stop, None)
+
+
+def check_capture(config: RunConfig) -> None:
+    if config.decoding.method not in CAPTURE_METHODS:
+        raise SpecError(f"Attention capture follows one sequence: use {', '.join(CAPTURE_METHODS)} decoding, "
+                        f"or switch capture off for {config.decoding.method}.")
+
+
+def decoded(loaded: LoadedModel, prompt: str, config: RunConfig, should_stop: Callable[[], bool],
+            prefix: PrefixCache | None = None, positions: torch.Tensor | None = None,
+            plain_prompt: str | None = None) -> Iterator[TokenEvent | GenerationResult]:
+    """The config's decoding method on `prompt`: TokenEvents then the GenerationResult (beam progress left out)."""
+    for item in decode(loaded, prompt, config.decoding, config.max_new_tokens, should_stop, prefix, positions,
+                       plain_prompt):
+        if isinstance(item, (TokenEvent, GenerationResult)):
+            yield item
 
 
 def probe_events(loaded: LoadedModel, instance: ProbeInstance, mode: str = "generate",
@@ -149,7 +168,6 @@ def probe_events(loaded: LoadedModel, instance: ProbeInstance, mode: str = "gene
     positions = configure(loaded.model, config.rope, config.mask, list(instance.spans), instance.prompt_tokens)
     if config.mask.looks_ahead:
         prefix = None
-    max_new_tokens = config.max_new_tokens
     if mode == "logprob":
         result = logprob_of(loaded, instance.prompt, instance.logprob_target, instance.logprob_lead, prefix,
                             positions)
@@ -157,7 +175,8 @@ def probe_events(loaded: LoadedModel, instance: ProbeInstance, mode: str = "gene
                         {"logprob": result.logprob, "mean_logprob": result.mean_logprob})
         yield ProbeOutcome(instance, mode, result.target, outcome, logprob=result)
         return
-    for item in run_stream(loaded, instance.prompt, max_new_tokens, should_stop, prefix, positions):
+    plain_prompt = format_prompt(loaded.tokenizer, "", instance.question, config.chat_template, instance.answer_prefix)
+    for item in decoded(loaded, instance.prompt, config, should_stop, prefix, positions, plain_prompt):
         if isinstance(item, GenerationResult):
             yield ProbeOutcome(instance, mode, item.text, score(instance.scorer, item.text, instance.expected, instance.question),
                                generation=item)
@@ -167,12 +186,15 @@ def probe_events(loaded: LoadedModel, instance: ProbeInstance, mode: str = "gene
 
 def run_free(loaded: LoadedModel, prompt: str, config: RunConfig,
              should_stop: Callable[[], bool] = lambda: False,
-             capture: AttentionCapture | None = None) -> Iterator[TokenEvent | GenerationResult]:
-    """A free prompt under the config's RoPE and mask: TokenEvents, then the GenerationResult;
-    attention rows go into `capture` when one is given."""
+             capture: AttentionCapture | None = None,
+             plain_prompt: str | None = None) -> Iterator[TokenEvent | GenerationResult]:
+    """A free prompt under the config's RoPE, mask and decoding: TokenEvents, then the GenerationResult;
+    attention rows go into `capture` when one is given. `plain_prompt` (the prompt without its context)
+    is what context-aware decoding contrasts with."""
     configure(loaded.model, config.rope, config.mask)
     if capture is None:
-        yield from run_stream(loaded, prompt, config.max_new_tokens, should_stop)
+        yield from decoded(loaded, prompt, config, should_stop, plain_prompt=plain_prompt)
         return
+    check_capture(config)
     with capturing(loaded.model, capture):
-        yield from run_stream(loaded, prompt, config.max_new_tokens, should_stop)
+        yield from decoded(loaded, prompt, config, should_stop, plain_prompt=plain_prompt)

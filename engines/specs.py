@@ -65,15 +65,17 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The one configuration every tab shares: model, RoPE, mask, and how the prompt is fed and decoded."""
+    """The one configuration every tab shares: model, RoPE, mask, decoding method, and how the prompt is fed."""
 
     model: ModelSpec = field(default_factory=ModelSpec)
     chat_template: bool = True
     max_new_tokens: int = 32
     rope: Any = None  # engines.rope.RopeSpec; None means the model's own RoPE
     mask: Any = None  # engines.masks.MaskSpec; None means plain causal
+    decoding: Any = None  # engines.decoding.DecodingSpec; None means greedy
 
     def __post_init__(self):
+        from engines.decoding import DecodingSpec
         from engines.masks import MaskSpec
         from engines.rope import RopeSpec
 
@@ -81,13 +83,16 @@ class RunConfig:
             raise SpecError("Max new tokens must be a whole number from 1 to 4096.")
         object.__setattr__(self, "rope", self.rope or RopeSpec())
         object.__setattr__(self, "mask", self.mask or MaskSpec())
+        object.__setattr__(self, "decoding", self.decoding or DecodingSpec())
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "chat_template": self.chat_template,
-                "max_new_tokens": self.max_new_tokens, "rope": self.rope.to_dict(), "mask": self.mask.to_dict()}
+                "max_new_tokens": self.max_new_tokens, "rope": self.rope.to_dict(), "mask": self.mask.to_dict(),
+                "decoding": self.decoding.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        from engines.decoding import DecodingSpec
         from engines.masks import MaskSpec
         from engines.rope import RopeSpec
 
@@ -95,4 +100,5 @@ class RunConfig:
         data["model"] = ModelSpec.from_dict(data.get("model", {}))
         data["rope"] = RopeSpec.from_dict(data.get("rope") or {})
         data["mask"] = MaskSpec.from_dict(data.get("mask") or {})
+        data["decoding"] = DecodingSpec.from_dict(data.get("decoding") or {})
         return _from_dict(cls, data)

@@ -27,6 +27,13 @@ def test_help_lists_the_subcommands():
     (["probe", "--task", "passkey", "--score", "judge"], "invalid choice: 'judge'"),
     (["probe", "--task", "passkey", "--param", "oops"], "is not key=value"),
     (["probe", "--task", "passkey", "--length", "ten"], "invalid int value: 'ten'"),
+    (["decode", "--question", "q", "--method", "diverse_beam:num_beams=4,num_beam_groups=3"],
+     "divisible by num_beam_groups"),
+    (["decode", "--question", "q", "--method", "sampling", "--param", "top_p=1.5"], "must be in (0, 1]"),
+    (["decode", "--question", "q", "--method", "cad", "--param", "alpha=-1"], "alpha=-1.0 is negative"),
+    (["decode", "--question", "q", "--method", "sampling:temperature=0"], "temperature above 0"),
+    (["sweep", "--task", "passkey", "--method", "warp"], "Unknown decoding method 'warp'"),
+    (["probe", "--question", "q", "--method", "beam:num_beams=four"], "must be a whole number"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(args, words):
     done = run_app(*args)

@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from components.cli import build_parser, parse_params
+from engines.decoding import DecodingSpec
 from engines.haystack import HaystackError
 from engines.masks import MaskSpec
 from engines.rope import RopeSpec
@@ -41,6 +42,27 @@ def test_mask_setting_parses_or_says_what_to_change(text):
         assert MaskSpec.from_dict(spec.to_dict()) == spec
 
 
+DECODING = st.builds(lambda method, pairs: method + (":" + ",".join(pairs) if pairs else ""),
+                     st.sampled_from(["greedy", "sampling", "beam", "diverse_beam", "contrastive", "dola", "cad",
+                                      "adacad", "icn", "x"]),
+                     st.lists(st.one_of(st.builds("{}={}".format, st.sampled_from(
+                         ["temperature", "top_p", "top_k", "num_beams", "num_beam_groups", "alpha", "layers",
+                          "penalty_alpha", "seed", "answers", "zz"]), st.one_of(
+                         st.integers(-5, 40).map(str), st.floats(-2, 3).map(str), st.just("nan"), st.just("1e999"), TEXT)), TEXT),
+                         max_size=3))
+
+
+@given(st.one_of(DECODING, TEXT))
+def test_decoding_setting_parses_or_says_what_to_change(text):
+    try:
+        spec = DecodingSpec.parse(text)
+    except SpecError as exc:
+        assert str(exc).endswith(".") and len(str(exc)) > 20
+    else:
+        assert DecodingSpec.from_dict(spec.to_dict()) == spec
+        assert DecodingSpec.parse(spec.label) == spec
+
+
 @given(st.lists(TEXT, max_size=4))
 def test_builder_settings_parse_or_say_what_to_change(pairs):
     try:
@@ -54,7 +76,8 @@ def test_builder_settings_parse_or_say_what_to_change(pairs):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(argv=st.lists(st.one_of(st.sampled_from(["probe", "sweep", "tasks", "--task", "passkey", "--length", "--depth",
                                                 "--json", "--rope", "--mask", "--seeds", "--lengths", "-1", "50",
-                                                "1e9", "nan", "--quant", "8bit", "--b"]), TEXT), max_size=8))
+                                                "1e9", "nan", "--quant", "8bit", "--b", "decode", "--method", "--param",
+                                                "beam:num_beams=3", "--conflicts"]), TEXT), max_size=8))
 def test_cli_parser_parses_or_exits_with_code_2(argv, capsys):
     try:
         build_parser().parse_args(argv)
