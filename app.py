@@ -17,7 +17,7 @@ def build_ui(store):
     """Assemble the tabs around the shared configuration panel."""
     import gradio as gr
 
-    from components import context_tab, decoding_tab, haystack, model_panel, probe, sessions, sweep
+    from components import context_tab, decoding_tab, haystack, model_panel, probe, sessions, sift_tab, sweep
 
     with gr.Blocks(title="Context Lab") as demo:
         gr.Markdown("# Context Lab\nSee and measure how language models use, and fail to use, their context.",
@@ -30,6 +30,7 @@ def build_ui(store):
             sweep.build(config, store, session)
             context_tab.build(config)
             decoding_tab.build(config, store, session)
+            sift_tab.build(config, store, session)
             deep_link, targets = sessions.build(store, session, tabs)
         demo.load(deep_link, None, targets, api_name=False)
     return demo

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from sqlalchemy.exc import SQLAlchemyError
 
 from components.replay import replay
-from components.run_log import log_generation, log_probe, remember_upload
+from components.run_log import log_generation, log_probe, remember_upload, write_run
 from components.sweep_jobs import open_job, parse_list, run_job, sweep_summary
 from engines.conflicts import conflict_summary, run_conflicts
 from engines.decoding import METHOD_PARAMS, DecodingSpec
@@ -24,6 +24,7 @@ from engines.probes import SCORE_MODES, max_prompt_tokens, run_free, run_probe
 from engines.rope import KIND_PARAMS as ROPE_KINDS
 from engines.rope import RopeSpec
 from engines.scoring import SCORERS
+from engines.sift import benchmark_summary, run_benchmark, run_sift
 from engines.specs import DTYPES, QUANT_4BIT_TYPES, QUANTS, ModelSpec, RunConfig, SpecError
 from engines.sweeps import SweepSpec
 from engines.tasks import ProbeSpec, build_probe, get_task, load_tasks
@@ -199,6 +200,33 @@ def cmd_decode(args: argparse.Namespace) -> dict[str, Any]:
     return (runs[0] | common) if len(runs) == 1 else common | {"runs": runs}
 
 
+def cmd_sift(args: argparse.Namespace) -> dict[str, Any]:
+    """A question through the SIFT pipeline, or the mini benchmark (baseline vs SIFT)."""
+    config = config_from_args(args, default_new_tokens=32)
+    loaded = MANAGER.get(config.model, first_use_progress)
+    store, session_id = _run_log(args)
+    if args.benchmark:
+        rows = []
+        for row in run_benchmark(loaded, config, args.limit, args.budget):
+            rows.append(row)
+            if not args.json:
+                print(f"[{len(rows)}] gold {row['gold']} baseline {row['baseline_answer']} SIFT {row['sift_answer']} "
+                      f"({row['resolved_at']})", file=sys.stderr)
+        summary = benchmark_summary(rows)
+        run_id = kept_if_unsaved(lambda: write_run(store, session_id, "sift_benchmark", config, loaded,
+                                                   {"limit": args.limit, "budget": args.budget},
+                                                   {"summary": summary, "rows": rows}, None))
+        return summary | {"rows": rows, "model": config.model.model, "dtype": loaded.dtype_name, "run_id": run_id}
+    if args.question is None or not args.question.strip():
+        raise SpecError("--question is empty: give the problem to solve (or use --benchmark).")
+    query = f"{args.context.strip()}\n\n{args.question.strip()}" if args.context.strip() else args.question.strip()
+    *_, result = run_sift(loaded, query, config, args.budget)
+    run_id = kept_if_unsaved(lambda: write_run(store, session_id, "sift", config, loaded,
+                                               {"context": args.context, "question": args.question,
+                                                "budget": args.budget}, result.to_dict(), None))
+    return result.to_dict() | {"model": config.model.model, "dtype": loaded.dtype_name, "run_id": run_id}
+
+
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume:
         store = _store()
@@ -285,7 +313,7 @@ def cmd_tasks(args: argparse.Namespace) -> dict[str, Any]:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "probe": cmd_probe, "decode": cmd_decode, "sweep": cmd_sweep, "tasks": cmd_tasks, "sessions": cmd_sessions, "replay": cmd_replay,
+    "probe": cmd_probe, "decode": cmd_decode, "sift": cmd_sift, "sweep": cmd_sweep, "tasks": cmd_tasks, "sessions": cmd_sessions, "replay": cmd_replay,
     "export": cmd_export, "import": cmd_import}
 
 
@@ -320,6 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--limit", type=int, help="with --conflicts: only the first N items")
     add_config_flags(decode)
     add_method_flag(decode, repeatable=True)
+    sift = commands.add_parser("sift", help="solve a problem with SIFT sticker prompting, stage by stage, or run "
+                               "the mini benchmark")
+    sift.add_argument("--question", help="the problem or question")
+    sift.add_argument("--context", default="", help="a context placed before the question")
+    sift.add_argument("--benchmark", action="store_true", help="run the mini benchmark: baseline vs SIFT")
+    sift.add_argument("--limit", type=int, help="with --benchmark: only the first N problems")
+    sift.add_argument("--budget", type=int, default=192, help="new tokens per model call (default 192)")
+    add_config_flags(sift)
+    add_method_flag(sift)
     sweep = commands.add_parser("sweep", help="run a task over lengths x depths x seeds; print every cell")
     sweep.add_argument("--task", help="a task preset")
     sweep.add_argument("--lengths", default="1000,2000,4000,8000", help="comma-separated prompt lengths")

@@ -88,7 +88,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                     "runs the prompt twice (with and without the context), so it costs two passes per token.")
         with gr.Row():
             with gr.Column(scale=3):
-                context = gr.Textbox(load_conflicts()[0]["context"], lines=5, label="Context")
+                context = gr.Textbox(load_conflicts()[0]["context"], lines=5, label="Context", elem_id="decode-context")
                 question = gr.Textbox(load_conflicts()[0]["question"], label="Question")
                 with gr.Row():
                     task = gr.Dropdown(task_names, value=FREE_TEXT, label="Or a haystack probe")

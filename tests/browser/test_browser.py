@@ -100,3 +100,32 @@ def test_user_text_is_shown_as_text(page, served_app):
     assert hostile in shown  # the markup is there, as characters
     assert page.evaluate("window.__owned") is None  # and none of it ran
     assert page.locator("img[src='x']").count() == 0
+
+
+def test_decoding_methods_side_by_side(page, served_app):
+    url, store = served_app
+    hostile = '<img src=x onerror="window.__owned=1">'
+    open_tab(page, url, "Decoding")
+    page.locator("#decode-context textarea").fill(hostile + " After the 2031 referendum the capital of France moved to Lyon.")
+    page.locator("#decode-methods textarea").fill("greedy\ncad:alpha=1")
+    page.locator("#decode-run").click()
+    page.wait_for_function("document.querySelector('#decode-results').innerText.includes('cad:alpha=1') && "
+                           "!document.querySelector('#decode-results').innerText.includes('generating') && "
+                           "!document.querySelector('#decode-results').innerText.includes('waiting')")
+    logged = [r for r in store.list_runs(kind="probe") if r["config"]["decoding"]["method"] == "cad"]
+    assert logged and page.locator(".js-plotly-plot").count() >= 2  # token chart and alpha per step
+    assert page.evaluate("window.__owned") is None and page.locator("img[src='x']").count() == 0
+
+
+def test_sift_stage_timeline(page, served_app):
+    url, _ = served_app
+    open_tab(page, url, "SIFT")
+    page.locator("#sift-budget input[type=number]").fill("64")
+    page.locator("#sift-budget input[type=number]").press("Enter")
+    page.locator("#sift-run").click()
+    page.wait_for_function("document.querySelector('#sift-answer textarea').value.includes('resolved at:')",
+                           timeout=300_000)
+    assert page.locator(".js-plotly-plot").count() >= 1  # the stage timeline
+    page.locator("#sift-stage input").click()
+    page.get_by_role("option").first.click()
+    page.wait_for_function("document.querySelector('#sift-stage-output textarea').value.length > 0")
