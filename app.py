@@ -31,8 +31,12 @@ def build_ui(store):
             context_tab.build(config)
             decoding_tab.build(config, store, session)
             sift_tab.build(config, store, session)
-            deep_link, targets = sessions.build(store, session, tabs)
-        demo.load(deep_link, None, targets, api_name=False)
+            if store is None:  # the run log could not be opened: the lab serves without it
+                sessions.unavailable()
+            else:
+                deep_link, targets = sessions.build(store, session, tabs)
+        if store is not None:
+            demo.load(deep_link, None, targets, api_name=False)
     return demo
 
 

@@ -5,6 +5,7 @@ The Sessions tab re-renders stored runs with these same functions.
 from __future__ import annotations
 
 import html
+import math
 
 import plotly.graph_objects as go
 
@@ -203,7 +204,8 @@ def nll_stream(curves: dict[str, list[float]], smooth: int = 32) -> go.Figure:
     return fig
 
 
-def attention_profile(profile: list[float], spans: list[dict], sinks: int = 4, log: bool = False) -> go.Figure:
+def attention_profile(profile: list[float], spans: list[dict], sinks: int = 4, log: bool = False,
+                      title: str = "Attention over the context") -> go.Figure:
     """Attention over context positions with needles and documents marked; the first `sinks` tokens
     get their own trace so their mass does not wash out the scale."""
     fig = go.Figure()
@@ -215,24 +217,34 @@ def attention_profile(profile: list[float], spans: list[dict], sinks: int = 4, l
         if span["kind"] in ("needle", "gold", "distractor"):
             fig.add_vrect(x0=span["token_start"], x1=span["token_end"], fillcolor=KIND_COLOURS[span["kind"]],
                           opacity=0.3, line_width=0, annotation_text=span["kind"], annotation_position="top left")
-    fig.update_layout(title=f"Attention over the context (sink mass {sum(profile[:sinks]):.2f})", height=330,
+    fig.update_layout(title=f"{title} (sink mass {sum(profile[:sinks]):.2f})", height=330,
                       xaxis_title="key position (token)", yaxis=dict(title="attention", type="log" if log else "linear"),
                       margin=dict(l=60, r=10, t=50, b=40), legend=dict(orientation="h", y=-0.3))
     return fig
 
 
-def layer_head_map(mass: list[list[float]], title: str = "Attention mass on the needle") -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=mass, colorscale="Viridis", colorbar=dict(title="mass"),
-                               hovertemplate="layer %{y}, head %{x}: %{z:.3f}<extra></extra>"))
+def _coloured(z: list[list[float]], log: bool) -> tuple[list[list[float]], str]:
+    """Heatmap values on a linear or log10 colour scale, with the colour bar's title."""
+    if not log:
+        return z, "mass"
+    return [[math.log10(max(v, 1e-6)) for v in row] for row in z], "log10 mass"
+
+
+def layer_head_map(mass: list[list[float]], title: str = "Attention mass on the needle", log: bool = False) -> go.Figure:
+    z, scale = _coloured(mass, log)
+    fig = go.Figure(go.Heatmap(z=z, colorscale="Viridis", colorbar=dict(title=scale), customdata=mass,
+                               hovertemplate="layer %{y}, head %{x}: %{customdata:.4f}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", height=420,
                       margin=dict(l=60, r=10, t=50, b=40))
     return fig
 
 
-def layer_position_map(rows: list[list[float]], keys: int) -> go.Figure:
+def layer_position_map(rows: list[list[float]], keys: int, log: bool = False) -> go.Figure:
     bins = len(rows[0]) if rows else 1
-    fig = go.Figure(go.Heatmap(z=rows, x=[round((b + 0.5) * keys / bins) for b in range(bins)], colorscale="Viridis",
-                               hovertemplate="layer %{y}, around token %{x}: %{z:.3f}<extra></extra>"))
+    z, scale = _coloured(rows, log)
+    fig = go.Figure(go.Heatmap(z=z, x=[round((b + 0.5) * keys / bins) for b in range(bins)], colorscale="Viridis",
+                               customdata=rows, colorbar=dict(title=scale),
+                               hovertemplate="layer %{y}, around token %{x}: %{customdata:.4f}<extra></extra>"))
     fig.update_layout(title="Attention mass by layer and position (binned)", xaxis_title="key position",
                       yaxis_title="layer", height=380, margin=dict(l=60, r=10, t=50, b=40))
     return fig
@@ -340,4 +352,31 @@ def sticker_attention_bars(attention: dict) -> go.Figure:
                       f"{attention['question_mass']:.3f} (mean over layers and heads)", height=320,
                       xaxis=dict(title="layer"), yaxis=dict(title="attention mass", rangemode="tozero"),
                       margin=dict(l=50, r=10, t=50, b=40))
+    return fig
+
+
+def head_map(result: dict, spans: list[dict] | None = None, log: bool = False) -> go.Figure:
+    """One head's query x key attention: token by token (token texts on hover) or pooled into bins."""
+    z, scale = _coloured(result["map"], log)
+    side, tokens, labels = len(result["map"]), result["tokens"], result.get("labels")
+    if labels:
+        text = [[f"query {i} {html.escape(repr(labels[i]))} -> key {j} {html.escape(repr(labels[j]))}: "
+                 f"{result['map'][i][j]:.4f}" for j in range(side)] for i in range(side)]
+        trace = go.Heatmap(z=z, text=text, hovertemplate="%{text}<extra></extra>", colorscale="Viridis",
+                           colorbar=dict(title=scale))
+        subtitle = "token by token"
+    else:
+        centres = [round((b + 0.5) * tokens / side) for b in range(side)]
+        trace = go.Heatmap(z=z, x=centres, y=centres, customdata=result["map"], colorscale="Viridis",
+                           colorbar=dict(title=scale),
+                           hovertemplate="queries near %{y}, keys near %{x}: %{customdata:.4f}<extra></extra>")
+        subtitle = f"pooled {tokens} -> {side} bins"
+    fig = go.Figure(trace)
+    for span in spans or []:  # both axes are in token positions
+        if span["kind"] in ("needle", "gold", "distractor"):
+            fig.add_vrect(x0=span["token_start"], x1=span["token_end"], line=dict(color=KIND_COLOURS[span["kind"]], width=1),
+                          annotation_text=span["kind"], annotation_position="top left")
+    fig.update_layout(title=f"Layer {result['layer']}, head {result['head']}: query x key ({subtitle})",
+                      xaxis_title="key", yaxis=dict(title="query", autorange="reversed"), height=560,
+                      margin=dict(l=60, r=10, t=50, b=40))
     return fig

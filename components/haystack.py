@@ -6,35 +6,21 @@ import json
 
 import gradio as gr
 
-from components import figures
+from components import attention_panel, figures
 from components.figures import needle_strip
 from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
-from components.run_log import log_probe, remember_upload, session_for
+from components.run_log import log_probe, remember_upload, session_for, write_run
 from engines.attention import AttentionCapture
-from engines.attention_views import (
-    context_profile,
-    layer_position,
-    question_positions,
-    segment_mass,
-    span_mass,
-    stacked,
-)
+from engines.attention_views import capture_views, context_profile, question_positions, stacked, top_heads
 from engines.haystack import SOURCES, HaystackError, read_upload
 from engines.models import MANAGER
-from engines.probes import SCORE_MODES, ProbeOutcome, max_prompt_tokens, run_probe
+from engines.probes import SCORE_MODES, ProbeOutcome, masking_effect, max_prompt_tokens, run_probe
 from engines.tasks import ProbeSpec, build_probe, get_task, load_tasks
 from storage.db import StorageError, Store
 
 PRESET_HAYSTACK = "preset"
 
 
-def attention_summary(capture, instance) -> dict:
-    """What the attention views show, small enough to log: the question rows' attention over the
-    context (mean over layers and heads) and the layer x head mass on the needles."""
-    matrix = stacked(capture)
-    return {"profile": context_profile(matrix), "needle_mass": span_mass(matrix, instance.needle_token_spans),
-            "layer_position": layer_position(matrix), "segments": segment_mass(matrix, list(instance.spans)),
-            "rows": capture.positions, "captured_bytes": capture.bytes}
 PROMPT_PREVIEW_CHARS = 20000
 
 
@@ -96,7 +82,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 upload = gr.File(label="Your haystack (.txt or .md, up to 5 MB)", file_types=[".txt", ".md"],
                                  type="filepath")
                 capture_on = gr.Checkbox(False, label="Capture attention (question and answer rows, every layer "
-                                                      "and head)")
+                                                      "and head)", elem_id="haystack-capture")
                 params = gr.Code(task_help("passkey")[1], language="json", lines=4,
                                  label="Builder settings (JSON; for 'custom': needle, question, answer)")
                 with gr.Row():
@@ -114,6 +100,17 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         with gr.Row():
             position_plot = gr.Plot(label="Layer x position", visible=False)
             segment_plot = gr.Plot(label="Mass per segment", visible=False)
+        panel = attention_panel.build(profile_plot, position_plot, "haystack")
+        with gr.Accordion("Head masking: does the answer need the retrieval heads?", open=False):
+            gr.Markdown("Reruns this probe with the top K retrieval heads given uniform attention, and with K random "
+                        "other heads, and shows each answer and the gold answer's log-probability. Needs a run "
+                        "with 'Capture attention' whose answer was copied from the haystack.")
+            with gr.Row():
+                top_k = gr.Number(10, precision=0, minimum=1, maximum=100, label="K heads")
+                mask_seed = gr.Number(0, precision=0, label="Seed for the random heads")
+                mask_button = gr.Button("Rerun with heads masked", elem_id="haystack-mask-run")
+            mask_table = gr.Dataframe(headers=["setting", "answer", "correct", "gold log-probability"],
+                                      label="Effect of masking", wrap=True)
         with gr.Accordion("Prompt text (long contexts shortened in the middle)", open=False):
             prompt_box = gr.Textbox(lines=12, max_lines=30, interactive=False, show_label=False)
 
@@ -155,8 +152,13 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 if isinstance(item, ProbeOutcome):
                     break
                 text += item.text
-                yield {answer: text}
-        views = attention_summary(capture, instance) if capture is not None else None
+                live = {}
+                if capture is not None and item.index % 4 == 3:  # the plot follows the answer as it streams
+                    live = {profile_plot: gr.Plot(figures.attention_profile(
+                        context_profile(stacked(capture, "answer")), list(instance.spans),
+                        title="Attention over the context (answer so far)"), visible=True)}
+                yield {answer: text} | live
+        views = capture_views(capture, instance) if capture is not None else None
         log_to, session_id, state = session_for(store, state)
         try:
             run_id = log_probe(log_to, session_id, run_config, loaded, item,
@@ -172,6 +174,9 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                       position_plot: gr.Plot(figures.layer_position_map(views["layer_position"], instance.prompt_tokens),
                                              visible=True),
                       segment_plot: gr.Plot(figures.segment_bars(views["segments"]), visible=True)}
+            generated = [event.token_id for event in item.generation.tokens] if item.generation else []
+            shown |= attention_panel.shown_after_run(panel, attention_panel.captured_state(
+                capture, loaded, instance.prompt, list(instance.spans), run_config, generated, instance.expected[0]))
         yield shown | {answer: item.answer, session: state, config.status: describe_loaded(),
                score: {k: result[k] for k in ("correct", "score", "expected", "scorer", "score_details")}
                | {"seconds": result.get("seconds"), "run_id": run_id}}
@@ -182,6 +187,29 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                        api_name="haystack_build", concurrency_id="model")
     event = run_button.click(run, [*common, mode, capture_on, session, *config.all()],
                              [strip, summary, prompt_box, answer, score, session, config.status, profile_plot,
-                              mass_plot, position_plot, segment_plot],
+                              mass_plot, position_plot, segment_plot, panel.state, panel.layer, panel.head,
+                              panel.retrieval_plot],
                              api_name="haystack_run", concurrency_id="model")
     cancel.click(None, cancels=[event], api_name=False)
+
+    def mask_heads(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
+                   captured, count, seed_value_heads, state, *values, progress=gr.Progress()):
+        if not captured or not captured.get("retrieval"):
+            raise gr.Error("Run the probe with 'Capture attention' first (generate mode, with an answer copied "
+                           "from the haystack): the retrieval scores choose the heads.")
+        run_config, loaded, instance = make(task_name, length_value, depth_value, seed_value, haystack_name,
+                                            params_json, upload_path, *values, progress=progress)
+        top = top_heads(captured["retrieval"], int(count or 1))
+        k = len(top)
+        with said_to_user(), MANAGER.lock:
+            rows = masking_effect(loaded, instance, run_config, top, int(seed_value_heads or 0))
+        log_to, session_id, state = session_for(store, state)
+        try:
+            write_run(log_to, session_id, "head_masking", run_config, loaded,
+                      {"probe": instance.spec.to_dict(), "k": k}, {"rows": rows}, instance.prompt)
+        except StorageError as exc:
+            gr.Warning(str(exc))
+        return [[r["setting"], r["answer"], r["correct"], r["gold_logprob"]] for r in rows], state
+
+    mask_button.click(mask_heads, [*common, panel.state, top_k, mask_seed, session, *config.all()],
+                      [mask_table, session], api_name="haystack_mask_heads", concurrency_id="model")

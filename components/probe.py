@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from components import figures
+from components import attention_panel, figures
 from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
 from components.run_log import log_generation, session_for
 from engines.attention import AttentionCapture
@@ -43,6 +43,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         with gr.Row():
             profile_plot = gr.Plot(label="Attention over the context", visible=False)
             position_plot = gr.Plot(label="Layer x position", visible=False)
+        panel = attention_panel.build(profile_plot, position_plot, "probe")
         with gr.Accordion("Prompt: the exact text fed to the model", open=False):
             prompt_box = gr.Textbox(lines=10, max_lines=30, interactive=False, show_label=False, elem_id="probe-prompt")
 
@@ -86,10 +87,13 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             shown = {profile_plot: gr.Plot(figures.attention_profile(views["profile"], []), visible=True),
                      position_plot: gr.Plot(figures.layer_position_map(views["layer_position"], prompt_tokens),
                                             visible=True)}
+            shown |= attention_panel.shown_after_run(panel, attention_panel.captured_state(
+                capture, loaded, prompt, [], run_config, [t.token_id for t in item.tokens]))
         yield {answer: item.text, stats: stats_of(item, run_id=run_id), prompt_box: prompt,
                session: state, config.status: describe_loaded()} | shown
 
     event = run.click(probe, [context, question, capture_on, session, *config.all()],
-                      [answer, stats, prompt_box, session, config.status, profile_plot, position_plot],
+                      [answer, stats, prompt_box, session, config.status, profile_plot, position_plot, panel.state,
+                       panel.layer, panel.head, panel.retrieval_plot],
                       api_name="probe", concurrency_id="model")
     stop.click(None, cancels=[event], api_name=False)

@@ -14,7 +14,7 @@ from engines.models import MANAGER, Progress, no_progress
 from engines.probes import max_prompt_tokens, run_free, run_probe
 from engines.specs import RunConfig
 from engines.sweeps import SweepSpec
-from engines.tasks import ProbeSpec, build_probe
+from engines.tasks import ProbeInstance, ProbeSpec, build_probe
 from storage.db import StorageError, Store
 
 COMPARED = ("answer", "correct", "score", "prompt_tokens")
@@ -22,6 +22,14 @@ COMPARED = ("answer", "correct", "score", "prompt_tokens")
 
 def _differences(old: dict, new: dict, fields) -> dict[str, Any]:
     return {f: {"stored": old.get(f), "now": new.get(f)} for f in fields if old.get(f) != new.get(f)}
+
+
+def stored_probe(store: Store, run: dict, loaded, config: RunConfig) -> ProbeInstance:
+    """The probe a logged task probe or sweep cell ran, rebuilt from its spec (and stored upload)."""
+    spec = ProbeSpec.from_dict(run["inputs"]["probe"])
+    upload_hash = spec.params.get("_upload_sha256")
+    upload_text = store.get_text(upload_hash) if upload_hash else None
+    return build_probe(loaded.tokenizer, spec, config.chat_template, upload_text, max_prompt_tokens(loaded))
 
 
 def replay(store: Store, run_id: str, progress: Progress = no_progress) -> dict[str, Any]:
@@ -35,10 +43,7 @@ def replay(store: Store, run_id: str, progress: Progress = no_progress) -> dict[
         return _replay_sweep(store, run, config)
     loaded = MANAGER.get(config.model, progress)
     if "probe" in inputs:  # a task probe or a sweep cell: rebuilt from its spec
-        spec = ProbeSpec.from_dict(inputs["probe"])
-        upload_hash = spec.params.get("_upload_sha256")
-        upload_text = store.get_text(upload_hash) if upload_hash else None
-        instance = build_probe(loaded.tokenizer, spec, config.chat_template, upload_text, max_prompt_tokens(loaded))
+        instance = stored_probe(store, run, loaded, config)
         with MANAGER.lock:
             *_, outcome = run_probe(loaded, instance, inputs["mode"], config)
         new_id = log_probe(store, session_id, config, loaded, outcome, extra={"replay_of": run_id})

@@ -39,6 +39,14 @@ def run_rows(store: Store, session_id, kind, model, task, since, min_score, cell
     return [[r[c] for c in RUN_COLUMNS] for r in runs]
 
 
+def unavailable() -> None:
+    """The Sessions tab when the run log could not be opened at start."""
+    with gr.Tab("Sessions", id="sessions"):
+        gr.Markdown("**The run log could not be opened**, so runs are not saved and there are no sessions to "
+                    "browse; everything else works. Set `CONTEXT_LAB_DATA` to a writable directory (or "
+                    "`CONTEXT_LAB_DATABASE_URL` to a database) and restart the lab.", elem_id="sessions-unavailable")
+
+
 def build(store: Store, session: gr.State, tabs: gr.Tabs):
     """Render the tab; returns the page-load handler for deep links and its outputs."""
     with gr.Tab("Sessions", id="sessions"):

@@ -9,12 +9,15 @@ import gradio as gr
 
 from components import figures
 from components.haystack import PRESET_HAYSTACK
-from components.model_panel import ConfigInputs, config_from_values, describe_loaded
+from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
+from components.replay import stored_probe
 from components.run_log import session_for
 from components.sweep_jobs import SweepJob, estimate, open_job, parse_list, run_job
+from engines.attention import AttentionCapture
+from engines.attention_views import capture_views, question_positions
 from engines.haystack import SOURCES, HaystackError, read_upload
-from engines.models import ModelError
-from engines.probes import SCORE_MODES
+from engines.models import MANAGER, ModelError
+from engines.probes import SCORE_MODES, run_probe
 from engines.specs import DTYPES, EMBEDDED_MODEL, QUANTS, ModelSpec, RunConfig, SpecError
 from engines.sweeps import DEPTH_SPACINGS, SweepSpec, depth_grid
 from engines.tasks import load_tasks
@@ -126,6 +129,10 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         with gr.Accordion("Cell details", open=True):
             detail = gr.JSON(label="Cell")
             detail_prompt = gr.Textbox(label="Prompt", lines=6, max_lines=20, interactive=False)
+            cell_button = gr.Button("Attention views for this cell", elem_id="sweep-cell-attention")
+            with gr.Row():
+                cell_profile = gr.Plot(label="Attention over the context (this cell)")
+                cell_mass = gr.Plot(label="Layer x head mass on the needle (this cell)")
         sweep_ids = gr.State([])
 
     outputs = {"heat_a": heat_a, "heat_b": heat_b, "diff": diff, "curve": curve, "length": length_plot,
@@ -216,3 +223,23 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                                   concurrency_id="model")
     cancel.click(None, cancels=[event, resumed], api_name=False)
     cells.select(show_cell, [sweep_ids, cells], [detail, detail_prompt], api_name=False)
+
+    def cell_attention(cell: dict | None, progress=gr.Progress()):
+        """Rerun the chosen (logged) cell with attention capture and show its views."""
+        run = store.get_run(cell["run_id"]) if store and cell and cell.get("run_id") else None
+        if run is None:
+            raise gr.Error("Click a cell of a logged sweep in the table first (its run id appears in Cell).")
+        run_config = RunConfig.from_dict(run["config"])
+        loaded = loaded_model(run_config, progress)
+        with said_to_user():
+            instance = stored_probe(store, run, loaded, run_config)
+            capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt_tokens, instance.question))
+            with MANAGER.lock:
+                *_, outcome = run_probe(loaded, instance, run["inputs"]["mode"], run_config, capture=capture)
+        views = capture_views(capture, instance)
+        title = f"{instance.spec.length} tokens, depth {instance.spec.depth:g}%, answer {outcome.answer!r}"
+        return (figures.attention_profile(views["profile"], list(instance.spans), title=f"Attention ({title})"),
+                figures.layer_head_map(views["needle_mass"]))
+
+    cell_button.click(cell_attention, detail, [cell_profile, cell_mass], api_name="sweep_cell_attention",
+                      concurrency_id="model")

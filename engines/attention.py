@@ -140,6 +140,36 @@ class AttentionCapture:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+class HeadMapCapture:
+    """The full query x key attention of one layer and head, pooled to at most `side` x `side` while
+    the prompt runs: rows are computed `chunk` at a time, so memory stays O(chunk x L + side^2).
+    Cell (i, j) is the mean over the query rows in bin i of the attention mass on the keys in bin j."""
+
+    def __init__(self, layer: int, head: int, side: int = 512, chunk: int = 256):
+        self.layer, self.head, self.side, self.chunk = layer, head, side, chunk
+        self.sums: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None
+
+    def record(self, layer: int, q_pos: torch.Tensor, probs_for) -> None:
+        if layer != self.layer:
+            return
+        for start in range(0, len(q_pos), self.chunk):
+            rows = torch.arange(start, min(start + self.chunk, len(q_pos)), device=q_pos.device)
+            probs = probs_for(rows)[0, self.head].float().cpu()  # [rows, keys]
+            keys = probs.shape[-1]
+            side = min(self.side, keys)
+            if self.sums is None:
+                self.sums, self.counts = torch.zeros(side, side), torch.zeros(side)
+            pooled = torch.zeros(len(rows), side).index_add_(1, torch.arange(keys) * side // keys, probs)
+            row_bins = q_pos[rows].cpu() * side // keys
+            self.sums.index_add_(0, row_bins, pooled)
+            self.counts.index_add_(0, row_bins, torch.ones(len(rows)))
+
+    def result(self) -> torch.Tensor:
+        """[side, side]: the pooled map (rows with no query, if any, stay 0)."""
+        return self.sums / self.counts.clamp(min=1)[:, None]
+
+
 def attention_rows(module, query, key, rows, q_pos, k_pos, scaling, attention_mask) -> torch.Tensor:
     """Softmax attention of the query rows `rows` over all keys, exactly as the forward computed it:
     the mask in use (or causal), and for window masks the far keys at their changed distance.

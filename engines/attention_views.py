@@ -4,6 +4,8 @@ The capture holds, per layer, [heads, rows, keys] for prompt rows and [heads, ke
 """
 from __future__ import annotations
 
+import zlib
+
 import torch
 
 from engines.attention import AttentionCapture
@@ -98,3 +100,44 @@ def segment_mass(matrix: torch.Tensor, spans: list[dict], sinks: int = 4) -> dic
             taken[part] = True
     out["rest (template, question)"] = float(profile[~taken].sum())
     return out
+
+
+def pack(matrix: torch.Tensor) -> dict:
+    """A capture matrix as compressed float16 bytes (about 2 bytes per value before compression)."""
+    return {"shape": list(matrix.shape), "data": zlib.compress(matrix.half().contiguous().numpy().tobytes(), 1)}
+
+
+def unpack(packed: dict) -> torch.Tensor:
+    data = bytearray(zlib.decompress(packed["data"]))
+    return torch.frombuffer(data, dtype=torch.float16).reshape(packed["shape"]).float()
+
+
+def answer_span(tokenizer, prompt_ids: list[int], answer: str) -> tuple[int, int] | None:
+    """Token positions [start, end) of the first place in the prompt whose tokens spell `answer`."""
+    for start in range(len(prompt_ids)):
+        if not answer.startswith(tokenizer.decode(prompt_ids[start:start + 1]).strip()[:1] or "\0"):
+            continue
+        for end in range(start + 1, min(start + 64, len(prompt_ids)) + 1):
+            text = tokenizer.decode(prompt_ids[start:end]).strip()
+            if text == answer:
+                return start, end
+            if not answer.startswith(text):
+                break
+    return None
+
+
+def top_heads(scores: list[list[float]], count: int) -> list[tuple[int, int]]:
+    """The (layer, head) pairs of the `count` highest scores (at most all heads but one)."""
+    flat = torch.tensor(scores).flatten()
+    count = max(1, min(count, flat.numel() - 1))
+    return [divmod(i, len(scores[0])) for i in torch.topk(flat, count).indices.tolist()]
+
+
+def capture_views(capture: AttentionCapture, instance) -> dict:
+    """What the attention views of a probe show, small enough to log: the question rows' attention
+    over the context (mean over layers and heads), the layer x head mass on the needles, the layer x
+    position map and the mass per segment."""
+    matrix = stacked(capture)
+    return {"profile": context_profile(matrix), "needle_mass": span_mass(matrix, instance.needle_token_spans),
+            "layer_position": layer_position(matrix), "segments": segment_mass(matrix, list(instance.spans)),
+            "rows": capture.positions, "captured_bytes": capture.bytes}

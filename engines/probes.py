@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import psutil
 import torch
 
-from engines.attention import AttentionCapture, capturing
+from engines.attention import AttentionCapture, HeadMapCapture, capturing
 from engines.context import configure
 from engines.decoding import CAPTURE_METHODS, decode
 from engines.generation import GenerationResult, PrefixCache, TokenEvent, encode, format_prompt
@@ -198,3 +198,50 @@ def run_free(loaded: LoadedModel, prompt: str, config: RunConfig,
     check_capture(config)
     with capturing(loaded.model, capture):
         yield from decoded(loaded, prompt, config, should_stop, plain_prompt=plain_prompt)
+
+
+@torch.inference_mode()
+def full_head_map(loaded: LoadedModel, prompt: str, config: RunConfig, layer: int, head: int,
+                  spans: list[dict] | None = None, side: int = 512) -> dict:
+    """One layer and head's query x key map of `prompt` under the config's RoPE and mask, pooled to at
+    most side x side (token by token, with the token texts, when the prompt has at most `side` tokens)."""
+    model_config = loaded.model.config
+    if not 0 <= layer < model_config.num_hidden_layers or not 0 <= head < model_config.num_attention_heads:
+        raise SpecError(f"Choose a layer from 0 to {model_config.num_hidden_layers - 1} and a head from 0 to "
+                        f"{model_config.num_attention_heads - 1} for the full map.")
+    ids = encode(loaded.tokenizer, prompt)
+    positions = configure(loaded.model, config.rope, config.mask, spans or [], ids.shape[1])
+    capture = HeadMapCapture(layer, head, side)
+    with capturing(loaded.model, capture):
+        loaded.model(input_ids=ids.to(loaded.device), logits_to_keep=1,
+                     position_ids=None if positions is None else positions[None].to(loaded.device))
+    labels = [loaded.tokenizer.decode([t]) for t in ids[0].tolist()] if ids.shape[1] <= side else None
+    return {"map": capture.result().tolist(), "tokens": ids.shape[1], "layer": layer, "head": head,
+            "labels": labels}
+
+
+def masking_effect(loaded: LoadedModel, instance: ProbeInstance, config: RunConfig, heads: list[tuple[int, int]],
+                   seed: int = 0, should_stop: Callable[[], bool] = lambda: False) -> list[dict]:
+    """The probe as it is, with `heads` given uniform attention, and with as many random other heads
+    masked: each setting's answer, correctness and log-probability of the gold answer."""
+    import random
+
+    from engines.attention import heads_masked
+
+    model_config = loaded.model.config
+    others = [(layer, head) for layer in range(model_config.num_hidden_layers)
+              for head in range(model_config.num_attention_heads) if (layer, head) not in set(heads)]
+    settings = [("no heads masked", []), (f"top {len(heads)} retrieval heads masked", heads),
+                (f"{len(heads)} random heads masked (seed {seed})", random.Random(seed).sample(others, len(heads)))]
+    rows = []
+    for label, masked in settings:
+        if should_stop():
+            break
+        with heads_masked(loaded.model, masked):
+            *_, outcome = probe_events(loaded, instance, "generate", config, should_stop)
+            positions = configure(loaded.model, config.rope, config.mask, list(instance.spans), instance.prompt_tokens)
+            gold = logprob_of(loaded, instance.prompt, instance.logprob_target, instance.logprob_lead,
+                              positions=positions)
+        rows.append({"setting": label, "heads": [list(h) for h in masked], "answer": outcome.answer,
+                     "correct": outcome.score.correct, "gold_logprob": gold.logprob})
+    return rows

@@ -129,3 +129,27 @@ def test_sift_stage_timeline(page, served_app):
     page.locator("#sift-stage input").click()
     page.get_by_role("option").first.click()
     page.wait_for_function("document.querySelector('#sift-stage-output textarea').value.length > 0")
+
+
+def test_attention_explorer_full_map_and_head_masking(page, served_app):
+    url, store = served_app
+    open_tab(page, url, "Haystack")
+    page.get_by_label("Target length (prompt tokens)").fill("600")
+    page.locator("#haystack-capture input").check()
+    page.locator("#haystack-run").click()
+    page.get_by_text('"correct": true').wait_for()
+    page.get_by_text("Explore the captured attention").nth(1).click()
+    for element, value in (("#haystack-layer", "3"), ("#haystack-head", "1")):
+        page.locator(f"{element} input").click()
+        page.locator(element).get_by_role("option", name=value, exact=True).click()
+    page.get_by_text("Attention over the context (question rows, layer 3, head 1, mean)").wait_for()
+    page.locator("#haystack-log input").check()
+    page.locator("#haystack-full-map").click()
+    page.get_by_text("Layer 3, head 1: query x key (pooled").wait_for()
+    page.get_by_text("Retrieval score per head (copy-paste rule)").wait_for()
+    page.get_by_text("Head masking: does the answer need the retrieval heads?").click()
+    page.locator("#haystack-mask-run").click()
+    page.get_by_text("random heads masked (seed 0)").first.wait_for(state="attached")
+    masking = store.list_runs(kind="head_masking")[0]["outputs"]["rows"]
+    assert [r["setting"].split()[0] for r in masking] == ["no", "top", "10"]
+    assert masking[1]["gold_logprob"] < masking[0]["gold_logprob"]

@@ -75,6 +75,7 @@ def test_haystack_tab_shows_the_attention_views(served_app):
     needle = next(k for k in stored["segments"] if k.startswith("needle"))
     assert abs(sum(stored["segments"].values()) - 1) < 1e-3 and stored["segments"][needle] > 0
     assert len(stored["layer_position"]) == 30
+    assert len(out[10]["choices"]) == 31 and out[12] is not None  # explorer selectors; retrieval heads of the key
 
 
 def test_retrieval_heads_found_and_masking_them_hurts_more_than_random_heads(embedded):

@@ -85,3 +85,76 @@ def test_one_users_cancel_leaves_the_other_job_running(served_app):
     time.sleep(1.0)
     first.cancel()
     assert "Paris" in second.result(timeout=300)[0]
+
+
+OUT_OF_MEMORY_SCRIPT = """
+import os, resource, sys
+sys.path.insert(0, {root!r})
+from engines.models import MANAGER, ModelError
+from engines.probes import run_probe
+from engines.specs import ModelSpec, RunConfig
+from engines.tasks import ProbeSpec, build_probe
+loaded = MANAGER.get(ModelSpec())
+job = lambda instance: lambda model, stop: run_probe(model, instance, "generate", RunConfig(max_new_tokens=16), stop)
+long_one = build_probe(loaded.tokenizer, ProbeSpec("passkey", 6000, 50, 1))
+size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (size + 150 * 2**20, resource.RLIM_INFINITY))  # 150 MB more, no further
+try:
+    list(MANAGER.stream(loaded.spec, job(long_one)))
+    print("NO ERROR", flush=True)
+except ModelError as exc:
+    print("REPORTED", exc, flush=True)
+resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+*_, outcome = MANAGER.stream(loaded.spec, job(build_probe(loaded.tokenizer, ProbeSpec("passkey", 400, 50, 1))))
+print("AFTERWARDS", outcome.score.correct, flush=True)
+os._exit(0)
+"""
+
+
+def test_running_out_of_memory_is_reported_and_the_lab_goes_on():
+    """A real allocation failure (address space capped 150 MB above the loaded model) on a 6,000-token
+    prompt reaches the caller as a sentence; with the cap lifted the next probe works."""
+    done = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_SCRIPT.format(root=str(ROOT))], capture_output=True,
+                          text=True, timeout=600)
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("REPORTED The model ran out of memory") and "shorter length" in line
+               for line in lines), done.stdout + done.stderr
+    assert "AFTERWARDS True" in lines
+
+
+def test_locked_run_log_keeps_the_result_and_says_why(private_data_dir):
+    import sqlite3
+
+    Store()  # create the file with its schema
+    locker = sqlite3.connect(private_data_dir / "lab.sqlite", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # another program holds the write lock
+    try:
+        done = subprocess.run([sys.executable, str(ROOT / "app.py"), "probe", "--task", "passkey", "--length", "500",
+                               "--json"], capture_output=True, text=True, timeout=300)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["correct"] is True and out["run_id"] is None
+    assert "warning:" in done.stderr and "locked" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_lab_serves_without_a_run_log():
+    """When the run log cannot be opened at start the lab still serves (Sessions says why) and answers."""
+    import socket
+
+    from app import build_ui
+
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        port = probe_socket.getsockname()[1]
+    demo = build_ui(None).queue()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        answer, stats, *_ = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            "The capital of France is Paris.", "What is the capital of France? Answer with one word.", *CONFIG,
+            api_name="/probe")
+        assert "Paris" in answer and stats["run_id"] is None
+    finally:
+        demo.close()

@@ -118,6 +118,11 @@ def test_sweep_tab_through_gradio_client(served_app):
     with_attention = grid[:1] + ["400"] + grid[2:8] + [True] + grid[9:]
     outputs = client.predict(*with_attention, 0, *config, api_name="/sweep_run")
     assert "2/2 cells" in outputs[0] and outputs[7] is not None  # the needle-mass heatmap
+    cell = store.list_runs(kind="sweep_cell")[0]
+    profile, mass = client.predict({"run_id": cell["id"]}, api_name="/sweep_cell_attention")
+    assert profile is not None and mass is not None
+    with pytest.raises(Exception, match="Click a cell of a logged sweep"):
+        client.predict({}, api_name="/sweep_cell_attention")
 
 
 def test_needle_attention_per_cell(embedded):

@@ -45,3 +45,23 @@ def test_merge_by_lse_equals_softmax_over_all_keys():
     parts = [(torch.softmax(scores[..., s], -1) @ values[:, :, s], torch.logsumexp(scores[..., s], -1))
              for s in (slice(0, 6), slice(6, 10))]
     assert torch.allclose(merge_by_lse(parts), full, atol=1e-5)
+
+
+def test_pooled_head_map_equals_pooled_eager_attention(tiny):
+    from engines.attention import HeadMapCapture, capturing
+
+    ids = torch.randint(0, 128, (1, 300))
+    tiny.set_attn_implementation("eager")
+    with torch.inference_mode():
+        eager = tiny(input_ids=ids, output_attentions=True).attentions[1][0, 3]  # layer 1, head 3: [300, 300]
+        use_lab_attention(tiny)
+        token_level, pooled = HeadMapCapture(1, 3, side=512, chunk=64), HeadMapCapture(1, 3, side=100, chunk=64)
+        for capture in (token_level, pooled):
+            with capturing(tiny, capture):
+                tiny(input_ids=ids)
+    assert torch.allclose(token_level.result(), eager, atol=1e-5)  # 300 tokens fit: one cell per token pair
+    bins = torch.arange(300) * 100 // 300
+    expected = torch.zeros(100, 300).index_add_(0, bins, eager) / 3  # three query rows per bin
+    expected = torch.zeros(100, 100).index_add_(1, bins, expected)
+    assert torch.allclose(pooled.result(), expected, atol=1e-5)
+    assert torch.allclose(pooled.result().sum(dim=1), torch.ones(100), atol=1e-4)  # each row still sums to 1
