@@ -24,7 +24,7 @@ from engines.probes import SCORE_MODES, max_prompt_tokens, run_free, run_probe
 from engines.rope import KIND_PARAMS as ROPE_KINDS
 from engines.rope import RopeSpec
 from engines.scoring import SCORERS
-from engines.sift import benchmark_summary, run_benchmark, run_sift
+from engines.sift import benchmark_summary, query_of, run_benchmark, run_sift
 from engines.specs import DTYPES, QUANT_4BIT_TYPES, QUANTS, ModelSpec, RunConfig, SpecError
 from engines.sweeps import SweepSpec
 from engines.tasks import ProbeSpec, build_probe, get_task, load_tasks
@@ -219,8 +219,7 @@ def cmd_sift(args: argparse.Namespace) -> dict[str, Any]:
         return summary | {"rows": rows, "model": config.model.model, "dtype": loaded.dtype_name, "run_id": run_id}
     if args.question is None or not args.question.strip():
         raise SpecError("--question is empty: give the problem to solve (or use --benchmark).")
-    query = f"{args.context.strip()}\n\n{args.question.strip()}" if args.context.strip() else args.question.strip()
-    *_, result = run_sift(loaded, query, config, args.budget)
+    *_, result = run_sift(loaded, query_of(args.context, args.question), config, args.budget)
     run_id = kept_if_unsaved(lambda: write_run(store, session_id, "sift", config, loaded,
                                                {"context": args.context, "question": args.question,
                                                 "budget": args.budget}, result.to_dict(), None))

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.run_log import log_generation, log_probe
+from components.run_log import log_generation, log_probe, write_run
 from components.sweep_jobs import open_job, run_job
 from engines.generation import format_prompt
 from engines.models import MANAGER, Progress, no_progress
 from engines.probes import max_prompt_tokens, run_free, run_probe
+from engines.sift import query_of, run_sift
 from engines.specs import RunConfig
 from engines.sweeps import SweepSpec
 from engines.tasks import ProbeInstance, ProbeSpec, build_probe
@@ -59,9 +60,21 @@ def replay(store: Store, run_id: str, progress: Progress = no_progress) -> dict[
         now = {"text": result.text, "token_ids": [t.token_id for t in result.tokens]}
         old = {"text": run["outputs"]["text"], "token_ids": [t["token_id"] for t in run["outputs"]["tokens"]]}
         differences = _differences(old, now, ("text", "token_ids"))
+    elif kind == "sift":
+        with MANAGER.lock:
+            *_, result = run_sift(loaded, query_of(inputs["context"], inputs["question"]), config, inputs["budget"])
+        new_id = write_run(store, session_id, "sift", config, loaded, inputs | {"replay_of": run_id},
+                           result.to_dict(), None)
+        stored = run["outputs"]
+        old = {"answer": stored["answer"], "resolved_at": stored["resolved_at"],
+               "outputs": [stage["output"] for stage in stored["stages"]]}
+        now = {"answer": result.answer, "resolved_at": result.resolved_at,
+               "outputs": [stage.output for stage in result.stages]}
+        differences = _differences(old, now, ("answer", "resolved_at", "outputs"))
+        prompt = None
     else:
         raise StorageError(f"Runs of kind '{kind}' cannot be replayed.")
-    if run["prompt"] is not None and run["prompt"] != prompt:
+    if run["prompt"] is not None and prompt is not None and run["prompt"] != prompt:
         differences["prompt"] = {"stored": "(stored prompt)", "now": "the rebuilt prompt differs"}
     return {"run_id": run_id, "kind": kind, "identical": not differences, "differences": differences,
             "replay_run_id": new_id}

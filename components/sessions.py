@@ -15,7 +15,7 @@ from storage.db import StorageError, Store
 from storage.transfer import export_session, import_session
 
 RUN_COLUMNS = ["id", "created_at", "kind", "task", "model", "score", "correct", "seconds", "session_id"]
-KINDS = ["all", "probe", "sweep", "sweep_cell"]
+KINDS = ["all", "probe", "sweep", "sweep_cell", "conflicts", "sift", "sift_benchmark", "head_masking"]
 PLOTS = 4
 
 

@@ -8,7 +8,16 @@ from components import figures
 from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
 from components.run_log import session_for, write_run
 from engines.models import MANAGER
-from engines.sift import SiftResult, Sticker, benchmark_summary, problems, run_benchmark, run_sift, sticker_attention
+from engines.sift import (
+    SiftResult,
+    Sticker,
+    benchmark_summary,
+    problems,
+    query_of,
+    run_benchmark,
+    run_sift,
+    sticker_attention,
+)
 from storage.db import StorageError, Store
 
 STAGE_HEADERS = ["#", "stage", "step", "answer", "agrees", "prompt tokens", "new tokens", "seconds"]
@@ -88,8 +97,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         run_config = config_from_values(*values)
         if not (question_text or "").strip():
             raise gr.Error("Enter a problem or a question for SIFT to work on.")
-        query = f"{context_text.strip()}\n\n{question_text.strip()}" if (context_text or "").strip() else \
-            question_text.strip()
+        query = query_of(context_text, question_text)
         loaded = loaded_model(run_config, progress)
         stages: list[dict] = []
         events = MANAGER.stream(run_config.model, lambda model, should_stop: run_sift(

@@ -15,6 +15,7 @@ from components.run_log import session_for
 from components.sweep_jobs import SweepJob, estimate, open_job, parse_list, run_job
 from engines.attention import AttentionCapture
 from engines.attention_views import capture_views, question_positions
+from engines.decoding import DecodingSpec
 from engines.haystack import SOURCES, HaystackError, read_upload
 from engines.models import MANAGER, ModelError
 from engines.probes import SCORE_MODES, run_probe
@@ -45,14 +46,15 @@ def sweep_spec(task, lengths, depth_count, spacing, seeds, mode, haystack, param
         raise gr.Error(str(exc)) from exc
 
 
-def b_config(a: RunConfig, model, quant, dtype, chat_template) -> RunConfig:
+def b_config(a: RunConfig, model, quant, dtype, chat_template, decoding) -> RunConfig:
     try:
         spec = ModelSpec(model=(model or "").strip(), quant=quant, quant_4bit_type=a.model.quant_4bit_type,
                          dtype=dtype, device=a.model.device)
+        return RunConfig(model=spec, chat_template=bool(chat_template), max_new_tokens=a.max_new_tokens,
+                         rope=a.rope, mask=a.mask,
+                         decoding=DecodingSpec.parse(decoding) if (decoding or "").strip() else a.decoding)
     except SpecError as exc:
         raise gr.Error(f"Configuration B: {exc}") from exc
-    return RunConfig(model=spec, chat_template=bool(chat_template), max_new_tokens=a.max_new_tokens,
-                     rope=a.rope, mask=a.mask, decoding=a.decoding)
 
 
 def status_line(jobs: list[SweepJob], started: float, done_now: int, estimated: float | None) -> str:
@@ -109,6 +111,8 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 b_quant = gr.Radio(list(QUANTS), value="none", label="B quantization")
                 b_dtype = gr.Radio(list(DTYPES), value="fp32", label="B dtype")
                 b_template = gr.Checkbox(True, label="B applies the chat template")
+                b_decoding = gr.Textbox("", label="B decoding",
+                                        info="empty: as A; e.g. cad:alpha=1 to compare methods")
         with gr.Row():
             estimate_button = gr.Button("Estimate time")
             run_button = gr.Button("Run sweep", variant="primary", elem_id="sweep-run")
@@ -154,12 +158,12 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                **{outputs[k]: fig for k, fig in plots(jobs, value, limit).items()}}
 
     def make_jobs(log_to, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                  params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state, *values):
+                  params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, bdec, state, *values):
         spec = sweep_spec(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
                           params_json, attention_wanted)
         budget = load_tasks()[task_name].max_new_tokens  # each task sets its own new-token budget
         a = config_from_values(*values[:5], budget, *values[6:])
-        configs = [a] + ([b_config(a, bm, bq, bd, bt)] if use_b else [])
+        configs = [a] + ([b_config(a, bm, bq, bd, bt, bdec)] if use_b else [])
         try:
             upload_text = read_upload(upload_path) if upload_path else None
             log_to, session_id, state = session_for(log_to, state)
@@ -169,10 +173,10 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             raise gr.Error(str(exc)) from exc
 
     def estimate_time(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                      params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state, *values,
+                      params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, bdec, state, *values,
                       progress=gr.Progress()):
         *_, jobs = make_jobs(None, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                            params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state,
+                            params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, bdec, state,
                             *values)  # nothing is recorded
         try:
             figures_ = [estimate(job, lambda f, m: progress(f, desc=m)) for job in jobs]
@@ -184,9 +188,11 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 f"({plain:.0f} s without prefix sharing), from a calibration run on this machine.")
 
     def run(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name, params_json,
-            attention_wanted, upload_path, use_b, bm, bq, bd, bt, state, limit, *values, progress=gr.Progress()):
+            attention_wanted, upload_path, use_b, bm, bq, bd, bt, bdec, state, limit, *values,
+            progress=gr.Progress()):
         state, log_to, jobs = make_jobs(store, task_name, length_text, count, spacing_name, seed_text, mode_name,
-                                        haystack_name, params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, state,
+                                        haystack_name, params_json, attention_wanted, upload_path, use_b, bm, bq,
+                                        bd, bt, bdec, state,
                                         *values)
         yield {session: state, status: status_line(jobs, time.perf_counter(), 0, None)}
         try:
@@ -212,7 +218,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         return stored["outputs"]["row"] | {"run_id": stored["id"]}, run["prompt"]
 
     grid_inputs = [task, lengths, depth_count, spacing, seeds, mode, haystack, params, needle_attention, upload,
-                   compare, b_model, b_quant, b_dtype, b_template, session]
+                   compare, b_model, b_quant, b_dtype, b_template, b_decoding, session]
     all_outputs = [status, cells, heat_a, heat_b, diff, curve, length_plot, mass_plot, sweep_ids, session,
                    config.status]
     estimate_button.click(estimate_time, [*grid_inputs, *config.all()], status, api_name="sweep_estimate",

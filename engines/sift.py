@@ -140,6 +140,12 @@ def equivalent(a: str | None, b: str | None) -> bool:
 
 # ---- the pipeline
 
+def query_of(context: str | None, question: str) -> str:
+    """The text SIFT works on: the question, after its context when there is one."""
+    context = (context or "").strip()
+    return f"{context}\n\n{question.strip()}" if context else question.strip()
+
+
 @dataclass(frozen=True)
 class StageRecord:
     """One model call of the pipeline and what came of it."""

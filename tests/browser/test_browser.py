@@ -113,7 +113,8 @@ def test_decoding_methods_side_by_side(page, served_app):
                            "!document.querySelector('#decode-results').innerText.includes('generating') && "
                            "!document.querySelector('#decode-results').innerText.includes('waiting')")
     logged = [r for r in store.list_runs(kind="probe") if r["config"]["decoding"]["method"] == "cad"]
-    assert logged and page.locator(".js-plotly-plot").count() >= 2  # token chart and alpha per step
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2")  # tokens, alpha per step
+    assert logged
     assert page.evaluate("window.__owned") is None and page.locator("img[src='x']").count() == 0
 
 

@@ -8,6 +8,7 @@ import pytest
 from conftest import ROOT
 from gradio_client import Client
 
+from components.replay import replay
 from engines.sift import SiftResult, StageRecord, equivalent, problems, run_benchmark, run_sift
 
 pytestmark = pytest.mark.model
@@ -70,6 +71,7 @@ def test_sift_tab_through_gradio_client(served_app):
     if sticker:  # the attention view needs a parsed Sticker
         assert sticker.startswith("Conditions:\n1. ") and attention is not None
         assert 0 < run["outputs"]["sticker_attention"]["sticker_mass"] < 1
+    assert replay(store, run["id"])["identical"]  # greedy: the same stages and answer again
     summary, plot, rows = client.predict(2, BUDGET, *config, api_name="/sift_benchmark")
     assert summary["items"] == 2 and len(rows["data"]) == 2
     assert store.list_runs(kind="sift_benchmark")[0]["outputs"]["summary"]["items"] == 2
