@@ -128,5 +128,6 @@ def shown_after_run(panel: AttentionPanel, state: dict) -> dict:
     layer, head = selectors(state)
     retrieval = None
     if state["retrieval"]:
-        retrieval = figures.layer_head_map(state["retrieval"], "Retrieval score per head (copy-paste rule)")
+        retrieval = figures.layer_head_map(state["retrieval"], "Retrieval score per head (copy-paste rule)",
+                                           value="score")
     return {panel.state: state, panel.layer: layer, panel.head: head, panel.retrieval_plot: retrieval}

@@ -230,8 +230,10 @@ def _coloured(z: list[list[float]], log: bool) -> tuple[list[list[float]], str]:
     return [[math.log10(max(v, 1e-6)) for v in row] for row in z], "log10 mass"
 
 
-def layer_head_map(mass: list[list[float]], title: str = "Attention mass on the needle", log: bool = False) -> go.Figure:
+def layer_head_map(mass: list[list[float]], title: str = "Attention mass on the needle", log: bool = False,
+                   value: str = "mass") -> go.Figure:
     z, scale = _coloured(mass, log)
+    scale = scale.replace("mass", value)
     fig = go.Figure(go.Heatmap(z=z, colorscale="Viridis", colorbar=dict(title=scale), customdata=mass,
                                hovertemplate="layer %{y}, head %{x}: %{customdata:.4f}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", height=420,
