@@ -28,7 +28,8 @@ def stats_of(result: GenerationResult | None, answer_tokens: int = 0, run_id: st
 def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
     with gr.Tab("Probe", id="probe"):
         gr.Markdown("Give a context and a question. The prompt is formatted with the model's chat "
-                    "template (unless switched off) and the answer streams with greedy decoding.")
+                    "template (unless switched off) and the answer streams under the Decoding setting of the panel "
+                    "(greedy by default; beam methods show their best beam when done).")
         with gr.Row():
             with gr.Column(scale=3):
                 context = gr.Textbox(EXAMPLE_CONTEXT, lines=8, max_lines=20, label="Context", elem_id="probe-context")

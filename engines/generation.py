@@ -184,7 +184,7 @@ def stream_tokens(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: 
             if should_stop():
                 return
             outputs = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1,
-                            position_ids=position_ids, output_hidden_states=hidden_states)
+                            position_ids=position_ids, **({"output_hidden_states": True} if hidden_states else {}))
             token_id, shown, extra = choose(outputs.logits[0, -1], outputs, so_far)
             if token_id in eos:
                 return
