@@ -56,6 +56,15 @@ def captured_state(capture: AttentionCapture, loaded, prompt: str, spans: list[d
     return state
 
 
+def live_profile(capture: AttentionCapture | None, index: int, spans: list[dict], plot: gr.Plot) -> dict:
+    """Every 4th streamed token, the attention plot redrawn from the answer rows captured so far."""
+    if capture is None or index % 4 != 3:
+        return {}
+    profile = context_profile(stacked(capture, "answer"))
+    return {plot: gr.Plot(figures.attention_profile(profile, spans, title="Attention over the context (answer so "
+                                                    "far)"), visible=True)}
+
+
 def choices(count: int) -> list[str]:
     return [ALL, *map(str, range(count))]
 

@@ -11,7 +11,7 @@ from components.figures import needle_strip
 from components.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
 from components.run_log import log_probe, remember_upload, session_for, write_run
 from engines.attention import AttentionCapture
-from engines.attention_views import capture_views, context_profile, question_positions, stacked, top_heads
+from engines.attention_views import capture_views, question_positions, top_heads
 from engines.haystack import SOURCES, HaystackError, read_upload
 from engines.models import MANAGER
 from engines.probes import SCORE_MODES, ProbeOutcome, masking_effect, max_prompt_tokens, run_probe
@@ -152,12 +152,8 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 if isinstance(item, ProbeOutcome):
                     break
                 text += item.text
-                live = {}
-                if capture is not None and item.index % 4 == 3:  # the plot follows the answer as it streams
-                    live = {profile_plot: gr.Plot(figures.attention_profile(
-                        context_profile(stacked(capture, "answer")), list(instance.spans),
-                        title="Attention over the context (answer so far)"), visible=True)}
-                yield {answer: text} | live
+                yield {answer: text} | attention_panel.live_profile(capture, item.index, list(instance.spans),
+                                                                   profile_plot)
         views = capture_views(capture, instance) if capture is not None else None
         log_to, session_id, state = session_for(store, state)
         try:

@@ -65,10 +65,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 if isinstance(item, GenerationResult):
                     break
                 text += item.text
-                live = {}
-                if capture is not None and item.index % 4 == 3:  # the plot follows the answer as it streams
-                    live = {profile_plot: gr.Plot(figures.attention_profile(
-                        context_profile(stacked(capture, "answer")), []), visible=True)}
+                live = attention_panel.live_profile(capture, item.index, [], profile_plot)
                 yield {answer: text, stats: stats_of(None, item.index + 1), prompt_box: prompt} | live
         views = None
         if capture is not None:
