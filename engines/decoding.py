@@ -392,8 +392,14 @@ def stream_beams(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: i
             origin, token = (flat // vocab).tolist(), (flat % vocab).tolist()
             hits = torch.tensor([t in eos or step + 1 >= max_new_tokens for t in token])
             all_hit &= bool(hits.all())
-            event = lambda r: _beam_event(tokenizer, rows[origin[r]], group.tokens[origin[r]] + [token[r]],  # noqa: E731
-                                          token[r], step, started)
+            made: dict[int, TokenEvent] = {}
+
+            def event(r: int) -> TokenEvent:  # built once, and only for beams that are kept
+                if r not in made:
+                    made[r] = _beam_event(tokenizer, rows[origin[r]], group.tokens[origin[r]] + [token[r]], token[r],
+                                          step, started)
+                return made[r]
+
             finishing = hits.clone()
             finishing[width:] = False
             candidate = totals / (step + 1) ** length_penalty - 1e9 * (~finishing).float()
@@ -401,12 +407,17 @@ def stream_beams(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: i
                 candidate -= 1e9
             merged = torch.cat([group.done_scores, candidate])
             keep = torch.topk(merged, width).indices.tolist()
-            payload = group.done + [None] * (2 * width)
-            for r in range(2 * width):
-                if finishing[r] and group.open:
-                    ended = group.events[origin[r]] + ([] if token[r] in eos else [event(r)])
-                    payload[width + r] = (group.tokens[origin[r]] + [token[r]], ended)
-            group.done_scores, group.done = merged[keep], [payload[i] for i in keep]
+
+            def finished(index: int):  # a kept slot: an earlier finished beam, or candidate index - width
+                if index < width:
+                    return group.done[index]
+                r = index - width
+                if not (finishing[r] and group.open):
+                    return None
+                ended = group.events[origin[r]] + ([] if token[r] in eos else [event(r)])
+                return group.tokens[origin[r]] + [token[r]], ended
+
+            group.done_scores, group.done = merged[keep], [finished(i) for i in keep]
             running = torch.topk(totals - 1e9 * hits.float(), width)
             order = running.indices.tolist()
             group.events = [group.events[origin[r]] + [event(r)] for r in order]

@@ -201,26 +201,14 @@ def stream_tokens(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: 
             prefix.keep(len(ids))
 
 
-def run_stream(loaded: LoadedModel, prompt: str, max_new_tokens: int,
-               should_stop: Callable[[], bool] = lambda: False,
-               prefix: PrefixCache | None = None,
-               positions: torch.Tensor | None = None) -> Iterator[TokenEvent | GenerationResult]:
-    """Greedy decoding of `prompt`: yields each TokenEvent, then the GenerationResult last."""
-    input_ids = encode(loaded.tokenizer, prompt)
-    started = time.perf_counter()
-    events: list[TokenEvent] = []
-    for event in stream_tokens(loaded, input_ids, max_new_tokens, should_stop, prefix, positions):
-        events.append(event)
-        yield event
-    yield summarize(prompt, input_ids.shape[1], events, time.perf_counter() - started,
-                    max_new_tokens, should_stop())
-
-
 def generate(loaded: LoadedModel, prompt: str, max_new_tokens: int,
              should_stop: Callable[[], bool] = lambda: False) -> GenerationResult:
-    """Greedy decoding of `prompt` to the end."""
-    *_, result = run_stream(loaded, prompt, max_new_tokens, should_stop)
-    return result
+    """Greedy decoding of `prompt` to the end (engines.decoding.decode runs every method, streaming)."""
+    input_ids = encode(loaded.tokenizer, prompt)
+    started = time.perf_counter()
+    events = list(stream_tokens(loaded, input_ids, max_new_tokens, should_stop))
+    return summarize(prompt, input_ids.shape[1], events, time.perf_counter() - started, max_new_tokens,
+                     should_stop())
 
 
 def summarize(prompt: str, prompt_tokens: int, events: list[TokenEvent], seconds: float,
