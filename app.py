@@ -8,16 +8,15 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from pathlib import Path
 
-ASSETS = Path(__file__).parent / "assets"
+from engines.config.paths import ASSETS
 
 
 def build_ui(store):
     """Assemble the tabs around the shared configuration panel."""
     import gradio as gr
 
-    from components import context_tab, decoding_tab, haystack, model_panel, probe, sessions, sift_tab, sweep
+    from ui import context_tab, decoding_tab, haystack, model_panel, probe, sessions, sift_tab, sweep
 
     with gr.Blocks(title="Context Lab") as demo:
         gr.Markdown("# Context Lab\nSee and measure how language models use, and fail to use, their context.",
@@ -42,8 +41,8 @@ def build_ui(store):
 
 def preload_default_model() -> None:
     """Load the embedded model in the background so the first probe does not wait for it."""
-    from engines.models import MANAGER, ModelError, console_progress
-    from engines.specs import ModelSpec
+    from engines.config.specs import ModelSpec
+    from engines.model.loading import MANAGER, ModelError, console_progress
 
     try:
         MANAGER.get(ModelSpec(), console_progress)
@@ -72,7 +71,7 @@ def main(argv: list[str]) -> int:
     if not argv:
         serve()
         return 0
-    from components.cli import run
+    from cli import run
 
     return run(argv)
 

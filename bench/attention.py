@@ -2,25 +2,21 @@
 in all layers and heads, in one process. Prints time ratios at 4K and 8K tokens and the extra memory
 the capture holds; last line `overhead: X.XX` (the 4K time ratio).
 
-Run: python bench/attention.py [--repeats 2]
+Run: python -m bench.attention [--repeats 2]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import psutil
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from engines.attention import AttentionCapture, capturing  # noqa: E402
-from engines.generation import encode  # noqa: E402
-from engines.models import MANAGER  # noqa: E402
-from engines.specs import ModelSpec  # noqa: E402
-from engines.tasks import ProbeSpec, build_probe  # noqa: E402
+from engines.attention.function import AttentionCapture, capturing
+from engines.config.specs import ModelSpec
+from engines.decoding.generation import encode
+from engines.model.loading import MANAGER
+from engines.probes.tasks import ProbeSpec, build_probe
 
 
 def question_rows(tokenizer, instance) -> list[int]:

@@ -1,29 +1,27 @@
 """Prefill time of each attention mask at 4K tokens relative to plain causal attention, in one process.
 
 Writes the ratios to assets/mask_costs.json, which the Context tab shows.
-Run: python bench/context.py [--tokens 4096] [--repeats 2]
+Run: python -m bench.context [--tokens 4096] [--repeats 2]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from engines.config.specs import ModelSpec
+from engines.context.masks import MaskSpec
+from engines.context.rope import RopeSpec
+from engines.context.run import configure
+from engines.decoding.generation import encode
+from engines.model.loading import MANAGER
+from engines.probes.tasks import ProbeSpec, build_probe
 
-from engines.context import configure  # noqa: E402
-from engines.generation import encode  # noqa: E402
-from engines.masks import MaskSpec  # noqa: E402
-from engines.models import MANAGER  # noqa: E402
-from engines.rope import RopeSpec  # noqa: E402
-from engines.specs import ModelSpec  # noqa: E402
-from engines.tasks import ProbeSpec, build_probe  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 MASKS = ["causal", "sliding_window:window=1024", "sinks:n_sink=4,window=1024",
          "sinks:n_sink=4,window=1024,reindex=1", "lambda:n_global=10,n_local=2048", "segments",

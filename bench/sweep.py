@@ -2,23 +2,20 @@
 lab's sweep engine, in one process and one dtype. Checks that the answers agree cell by cell, prints
 the ideal speedup the grid allows (from token and attention FLOP counts) and, last, the measured one.
 
-Run: python bench/sweep.py [--lengths 1000,2000,3000,4000] [--depths 5]
+Run: python -m bench.sweep [--lengths 1000,2000,3000,4000] [--depths 5]
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from engines.generation import encode  # noqa: E402
-from engines.models import MANAGER  # noqa: E402
-from engines.specs import ModelSpec  # noqa: E402
-from engines.sweeps import SweepSpec, build_cells, computed_spans, depth_grid, run_sweep  # noqa: E402
+from engines.config.specs import ModelSpec
+from engines.decoding.generation import encode
+from engines.model.loading import MANAGER
+from engines.studies.sweeps import SweepSpec, build_cells, computed_spans, depth_grid, run_sweep
 
 
 def flops(config, start: int, end: int, new_tokens: int) -> float:

@@ -9,7 +9,7 @@ import hashlib
 import os
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from engines.paths import lab_home
-
-
-class StorageError(RuntimeError):
-    """The run log cannot be read or written; the message says what to change."""
+from engines.config.errors import StorageError
+from engines.config.paths import lab_home
 
 
 class Base(DeclarativeBase):
@@ -146,7 +143,7 @@ def logging_enabled() -> bool:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def new_id() -> str:

@@ -1,14 +1,11 @@
 """Shared fixtures: a private data directory per test, and the real embedded model once per run."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 
 @pytest.fixture(autouse=True)
 def private_data_dir(tmp_path, monkeypatch):
@@ -22,8 +19,8 @@ def private_data_dir(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def embedded():
     """The embedded SmolLM2 model in the auto dtype, loaded through the lab's own manager."""
-    from engines.models import MANAGER
-    from engines.specs import ModelSpec
+    from engines.config.specs import ModelSpec
+    from engines.model.loading import MANAGER
 
     return MANAGER.get(ModelSpec())
 
@@ -57,7 +54,7 @@ def tokenizer():
     """The embedded model's own tokenizer (fetches and converts the model on first use)."""
     from transformers import AutoTokenizer
 
-    from engines.models import embedded_model_dir
+    from engines.model.loading import embedded_model_dir
 
     return AutoTokenizer.from_pretrained(str(embedded_model_dir()))
 

@@ -72,10 +72,10 @@ def test_sweep_heatmap_fills_in(page, served_app):
 def test_session_opened_by_link_and_replayed(page, served_app):
     url, store = served_app
     session_id = store.new_session("linked")
-    from components.run_log import log_generation
-    from engines.generation import format_prompt, generate
-    from engines.models import MANAGER
-    from engines.specs import RunConfig
+    from engines.config.specs import RunConfig
+    from engines.decoding.generation import format_prompt, generate
+    from engines.model.loading import MANAGER
+    from services.run_log import log_generation
 
     loaded = MANAGER.get(RunConfig().model)
     prompt = format_prompt(loaded.tokenizer, "The capital of France is Paris.", "What is the capital of France?")

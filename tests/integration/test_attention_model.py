@@ -4,21 +4,21 @@ import pytest
 import torch
 from gradio_client import Client
 
-from engines.attention import AttentionCapture, capturing
-from engines.attention_views import question_positions, span_mass, stacked
-from engines.context import configure
-from engines.masks import MaskSpec, visible
-from engines.probes import run_probe
-from engines.rope import RopeSpec
-from engines.tasks import ProbeSpec, build_probe
+from engines.attention.function import AttentionCapture, capturing
+from engines.attention.views import question_positions, span_mass, stacked
+from engines.context.masks import MaskSpec, visible
+from engines.context.rope import RopeSpec
+from engines.context.run import configure
+from engines.probes.runner import run_probe
+from engines.probes.tasks import ProbeSpec, build_probe
 
 pytestmark = pytest.mark.model
 
 
 @pytest.mark.parametrize("mask", ["causal", "sliding_window:window=64", "sinks:n_sink=4,window=48,reindex=0"])
 def test_capture_equals_eager_attention_rows(mask):
-    from engines.models import MANAGER
-    from engines.specs import ModelSpec
+    from engines.config.specs import ModelSpec
+    from engines.model.loading import MANAGER
 
     model, spec = MANAGER.get(ModelSpec(dtype="fp32")).model, MaskSpec.parse(mask)
     ids = torch.randint(100, 5000, (1, 200))
@@ -81,10 +81,10 @@ def test_haystack_tab_shows_the_attention_views(served_app):
 def test_retrieval_heads_found_and_masking_them_hurts_more_than_random_heads(embedded):
     import random
 
-    from engines.attention import heads_masked
-    from engines.attention_views import retrieval_scores, step_attention
-    from engines.generation import encode
-    from engines.probes import logprob_of
+    from engines.attention.function import heads_masked
+    from engines.attention.views import retrieval_scores, step_attention
+    from engines.decoding.generation import encode
+    from engines.probes.runner import logprob_of
 
     instance = build_probe(embedded.tokenizer, ProbeSpec("passkey", 1200, 50, 5))
     prompt_ids = encode(embedded.tokenizer, instance.prompt)[0].tolist()

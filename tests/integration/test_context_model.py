@@ -9,9 +9,9 @@ import torch
 from conftest import ROOT
 from gradio_client import Client
 
-from engines.context import configure, token_nll
-from engines.masks import MaskSpec, visible
-from engines.rope import RopeSpec
+from engines.context.masks import MaskSpec, visible
+from engines.context.rope import RopeSpec
+from engines.context.run import configure, token_nll
 
 pytestmark = pytest.mark.model
 
@@ -33,8 +33,8 @@ def test_default_settings_give_the_unmodified_logits(embedded):
 
 @pytest.mark.parametrize("text", ["sliding_window:window=32", "sinks:n_sink=4,window=32"])
 def test_masks_equal_eager_attention_with_a_4d_mask(text):
-    from engines.models import MANAGER
-    from engines.specs import ModelSpec
+    from engines.config.specs import ModelSpec
+    from engines.model.loading import MANAGER
 
     model, mask = MANAGER.get(ModelSpec(dtype="fp32")).model, MaskSpec.parse(text)
     ids = torch.randint(100, 5000, (1, 96))
@@ -55,8 +55,8 @@ def test_masks_equal_eager_attention_with_a_4d_mask(text):
 def test_window_alone_spikes_where_sinks_stay_flat(embedded):
     """The StreamingLLM picture on real text: once the first tokens leave a small window the NLL rises;
     keeping 4 sink tokens brings it back down."""
-    from engines.generation import encode
-    from engines.haystack import prose_sentences
+    from engines.decoding.generation import encode
+    from engines.probes.haystack import prose_sentences
 
     ids = encode(embedded.tokenizer, " ".join(prose_sentences()[:200]))[:, :1200]
     window = token_nll(embedded.model, ids, RopeSpec(), MaskSpec("sliding_window", {"window": 128}))

@@ -3,7 +3,7 @@ logging with the decoding setting, replay, and a sentence for bad settings."""
 import pytest
 from gradio_client import Client
 
-from components.replay import replay
+from services.replay import replay
 
 pytestmark = pytest.mark.model
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from engines.decoding import DecodingSpec, decode, dola_layers
-from engines.generation import GenerationResult, encode, format_prompt
-from engines.specs import SpecError
+from engines.config.specs import SpecError
+from engines.decoding.generation import GenerationResult, encode, format_prompt
+from engines.decoding.methods import DecodingSpec, decode, dola_layers
 
 CONTEXT = "The Eiffel Tower was moved in 2021 to the city of Lyon, where it now stands by the Rhone."
 QUESTION = "In which city is the Eiffel Tower? Answer with one word."

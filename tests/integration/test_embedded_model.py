@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import ROOT
 
-from engines.generation import encode, format_prompt, generate
-from engines.models import MANAGER, ModelError, embedded_model_dir
-from engines.specs import ModelSpec
+from engines.config.specs import ModelSpec
+from engines.decoding.generation import encode, format_prompt, generate
+from engines.model.loading import MANAGER, ModelError, embedded_model_dir
 
 pytestmark = pytest.mark.model
 

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from engines.haystack import HaystackError, prose_sentences, read_upload
-from engines.tasks import ProbeSpec, build_probe, load_tasks
+from engines.probes.haystack import HaystackError, prose_sentences, read_upload
+from engines.probes.tasks import ProbeSpec, build_probe, load_tasks
 
 TASKS = list(load_tasks())
 

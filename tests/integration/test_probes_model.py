@@ -8,9 +8,9 @@ import torch
 from conftest import ROOT
 from gradio_client import Client
 
-from engines.generation import encode
-from engines.probes import ProbeOutcome, logprob_of, max_prompt_tokens, run_probe
-from engines.tasks import ProbeSpec, build_probe
+from engines.decoding.generation import encode
+from engines.probes.runner import ProbeOutcome, logprob_of, max_prompt_tokens, run_probe
+from engines.probes.tasks import ProbeSpec, build_probe
 
 pytestmark = pytest.mark.model
 

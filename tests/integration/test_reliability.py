@@ -89,11 +89,10 @@ def test_one_users_cancel_leaves_the_other_job_running(served_app):
 
 OUT_OF_MEMORY_SCRIPT = """
 import os, resource, sys
-sys.path.insert(0, {root!r})
-from engines.models import MANAGER, ModelError
-from engines.probes import run_probe
-from engines.specs import ModelSpec, RunConfig
-from engines.tasks import ProbeSpec, build_probe
+from engines.model.loading import MANAGER, ModelError
+from engines.probes.runner import run_probe
+from engines.config.specs import ModelSpec, RunConfig
+from engines.probes.tasks import ProbeSpec, build_probe
 loaded = MANAGER.get(ModelSpec())
 job = lambda instance: lambda model, stop: run_probe(model, instance, "generate", RunConfig(max_new_tokens=16), stop)
 long_one = build_probe(loaded.tokenizer, ProbeSpec("passkey", 6000, 50, 1))
@@ -114,7 +113,7 @@ os._exit(0)
 def test_running_out_of_memory_is_reported_and_the_lab_goes_on():
     """A real allocation failure (address space capped 150 MB above the loaded model) on a 6,000-token
     prompt reaches the caller as a sentence; with the cap lifted the next probe works."""
-    done = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_SCRIPT.format(root=str(ROOT))], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_SCRIPT], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
     lines = done.stdout.splitlines()
     assert any(line.startswith("REPORTED The model ran out of memory") and "shorter length" in line

@@ -9,11 +9,11 @@ import pytest
 from conftest import ROOT
 from gradio_client import Client
 
-from components.replay import replay
-from components.run_log import session_for
-from components.sweep_jobs import open_job, run_job
-from engines.specs import RunConfig
-from engines.sweeps import SweepSpec
+from engines.config.specs import RunConfig
+from engines.studies.sweeps import SweepSpec
+from services.replay import replay
+from services.run_log import session_for
+from services.sweep_jobs import open_job, run_job
 from storage.db import Store
 
 pytestmark = pytest.mark.model

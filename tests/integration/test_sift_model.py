@@ -8,8 +8,8 @@ import pytest
 from conftest import ROOT
 from gradio_client import Client
 
-from components.replay import replay
-from engines.sift import SiftResult, StageRecord, equivalent, problems, run_benchmark, run_sift
+from engines.studies.sift import SiftResult, StageRecord, equivalent, problems, run_benchmark, run_sift
+from services.replay import replay
 
 pytestmark = pytest.mark.model
 BUDGET = 96

@@ -8,11 +8,11 @@ import pytest
 from conftest import ROOT
 from gradio_client import Client
 
-from components.sweep_jobs import open_job, run_job, sweep_summary
-from engines.probes import run_probe
-from engines.specs import RunConfig
-from engines.sweeps import SweepSpec, build_cells, run_sweep
-from engines.tasks import build_probe
+from engines.config.specs import RunConfig
+from engines.probes.runner import run_probe
+from engines.probes.tasks import build_probe
+from engines.studies.sweeps import SweepSpec, build_cells, run_sweep
+from services.sweep_jobs import open_job, run_job, sweep_summary
 from storage.db import Store
 
 pytestmark = pytest.mark.model
@@ -25,7 +25,7 @@ def test_shared_prefix_answers_equal_plain_runs(embedded):
     cells = build_cells(embedded.tokenizer, spec, chat_template=True)
     shared = {r.cell.key: (r.outcome.answer, r.computed_tokens) for r in run_sweep(embedded, spec, cells)}
     assert len(shared) == 6
-    for cell, instance in cells:  # each cell again, alone, from an empty cache
+    for cell, _instance in cells:  # each cell again, alone, from an empty cache
         *_, plain = run_probe(embedded, build_probe(embedded.tokenizer, spec.probe_spec(cell)))
         assert shared[cell.key][0] == plain.answer, cell
     computed = [tokens for _, tokens in shared.values()]

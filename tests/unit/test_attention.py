@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from engines.attention import LAB_ATTENTION, is_causal_after_prefix, merge_by_lse, use_lab_attention
+from engines.attention.function import LAB_ATTENTION, is_causal_after_prefix, merge_by_lse, use_lab_attention
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_merge_by_lse_equals_softmax_over_all_keys():
 
 
 def test_pooled_head_map_equals_pooled_eager_attention(tiny):
-    from engines.attention import HeadMapCapture, capturing
+    from engines.attention.function import HeadMapCapture, capturing
 
     ids = torch.randint(0, 128, (1, 300))
     tiny.set_attn_implementation("eager")

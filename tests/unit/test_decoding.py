@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from engines.conflicts import conflict_summary, load_conflicts, verdict
-from engines.decoding import DecodingSpec, beam_diversity, jsd, repetition_penalized
-from engines.specs import RunConfig, SpecError
+from engines.config.specs import RunConfig, SpecError
+from engines.decoding.methods import DecodingSpec, beam_diversity, jsd, repetition_penalized
+from engines.studies.conflicts import conflict_summary, load_conflicts, verdict
 
 
 def test_settings_are_typed_and_round_trip_in_the_run_config():

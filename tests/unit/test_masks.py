@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from engines.attention import lab_mask
-from engines.context import configure
-from engines.masks import PREFIX, SUFFIX, MaskSpec, segment_ids, shared_positions, visible
-from engines.rope import RopeSpec
-from engines.specs import SpecError
+from engines.attention.function import lab_mask
+from engines.config.specs import SpecError
+from engines.context.masks import PREFIX, SUFFIX, MaskSpec, segment_ids, shared_positions, visible
+from engines.context.rope import RopeSpec
+from engines.context.run import configure
 
 N = 24
 SEGMENTS = torch.tensor([PREFIX] * 4 + [0] * 6 + [1] * 6 + [2] * 4 + [SUFFIX] * 4)

@@ -4,9 +4,9 @@ import time
 import pytest
 import torch
 
-from engines import models
-from engines.models import ModelError, ModelManager, resolve_dtype, resolve_source
-from engines.specs import ModelSpec
+from engines.config.specs import ModelSpec
+from engines.model import loading as models
+from engines.model.loading import ModelError, ModelManager, resolve_dtype, resolve_source
 
 
 def test_auto_dtype_follows_the_cpu_flags(monkeypatch):

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components.cli import build_parser, parse_params
-from engines.decoding import DecodingSpec
-from engines.haystack import HaystackError
-from engines.masks import MaskSpec
-from engines.rope import RopeSpec
-from engines.specs import SpecError
+from cli import build_parser, parse_params
+from engines.config.specs import SpecError
+from engines.context.masks import MaskSpec
+from engines.context.rope import RopeSpec
+from engines.decoding.methods import DecodingSpec
+from engines.probes.haystack import HaystackError
 
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 SETTING = st.builds(lambda kind, pairs: kind + (":" + ",".join(pairs) if pairs else ""),
@@ -95,7 +95,7 @@ def test_cli_parser_parses_or_exits_with_code_2(argv, capsys):
        length=st.integers(-5, 3000), depth=st.one_of(st.floats(-20, 120), st.just(float("nan"))), seed=st.integers(-3, 10**6),
        haystack=st.sampled_from([None, "noise", "prose", "kv", "documents", "upload", "lava"]))
 def test_haystack_builder_builds_or_says_what_to_change(tokenizer, task, length, depth, seed, haystack):
-    from engines.tasks import ProbeSpec, build_probe
+    from engines.probes.tasks import ProbeSpec, build_probe
 
     try:
         probe = build_probe(tokenizer, ProbeSpec(task, length, depth, seed, haystack))

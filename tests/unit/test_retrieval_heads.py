@@ -2,8 +2,8 @@
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from engines.attention import heads_masked
-from engines.attention_views import retrieval_scores
+from engines.attention.function import heads_masked
+from engines.attention.views import retrieval_scores
 
 
 def test_copy_paste_scoring_on_a_crafted_pattern():
@@ -12,7 +12,7 @@ def test_copy_paste_scoring_on_a_crafted_pattern():
     generated = [8, 9, 10, 99]
     layers, heads, keys = 2, 3, len(prompt)
     steps = []
-    for t, token in enumerate(generated):
+    for t, _token in enumerate(generated):
         attention = torch.full((layers, heads, keys), 0.01)
         attention[0, 1, 3 + min(t, 2)] = 0.9  # layer 0 head 1 copies 8, 9, 10 in turn
         attention[1, 2, 3] = 0.9              # layer 1 head 2 always looks at 8: right only at step 0
@@ -43,7 +43,7 @@ def test_masking_heads_changes_only_what_it_should():
 
 
 def test_layer_position_and_segment_masses_add_up():
-    from engines.attention_views import layer_position, segment_mass
+    from engines.attention.views import layer_position, segment_mass
 
     torch.manual_seed(2)
     matrix = torch.softmax(torch.randn(3, 2, 100), dim=-1)  # [layers, heads, keys]

@@ -7,8 +7,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from engines.rope import RopeSpec, apply_rope, frequencies, rope_parameters
-from engines.specs import SpecError
+from engines.config.specs import SpecError
+from engines.context.rope import RopeSpec, apply_rope, frequencies, rope_parameters
 
 BASE, DIM, TRAINED = 1e5, 64, 8192  # the embedded model's rope_theta, head_dim and window
 

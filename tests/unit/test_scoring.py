@@ -1,7 +1,7 @@
 """Every scorer, table-tested with right, wrong and borderline answers."""
 import pytest
 
-from engines.scoring import SCORERS, normalize_answer, score
+from engines.probes.scoring import SCORERS, normalize_answer, score
 
 U1, U2, U3 = ("0c1eb550-905f-4319-b73b-0b37bd185922", "e19e762d-be22-4859-b045-ac843f30b36a",
               "3a9a124b-a5d1-4e24-9e42-ae68c60c2a58")

@@ -1,7 +1,7 @@
 """SIFT parts without a model: Sticker parsing, answer extraction and normalisation, the prompts."""
 import pytest
 
-from engines.sift import (
+from engines.studies.sift import (
     Sticker,
     benchmark_summary,
     equivalent,

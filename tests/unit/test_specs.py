@@ -1,6 +1,6 @@
 import pytest
 
-from engines.specs import ModelSpec, RunConfig, SpecError
+from engines.config.specs import ModelSpec, RunConfig, SpecError
 
 
 def test_run_config_round_trips_through_dict():

@@ -3,10 +3,10 @@ import math
 
 import pytest
 
-from components import figures
-from engines.haystack import HaystackError
-from engines.sweep_stats import by_depth, effective_length, grid, u_curve_indices, wilson_interval
-from engines.sweeps import SweepSpec, depth_grid
+from engines.probes.haystack import HaystackError
+from engines.studies.sweep_stats import by_depth, effective_length, grid, u_curve_indices, wilson_interval
+from engines.studies.sweeps import SweepSpec, depth_grid
+from ui import figures
 
 
 def test_wilson_interval_matches_the_textbook_formula():

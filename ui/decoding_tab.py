@@ -1,0 +1,222 @@
+"""Decoding tab: one prompt (free text or a haystack probe) under several decoding methods side by side,
+per-token probabilities, context-aware decoding's two distributions, beams and ICN answers, and the
+knowledge-conflict set."""
+from __future__ import annotations
+
+import dataclasses
+
+import gradio as gr
+
+from engines.config.errors import LabError
+from engines.config.specs import SpecError
+from engines.decoding.generation import GenerationResult, format_prompt
+from engines.decoding.methods import DESCRIPTIONS, DecodingSpec
+from engines.model.loading import MANAGER
+from engines.probes.runner import ProbeOutcome, max_prompt_tokens, run_free, run_probe
+from engines.probes.tasks import ProbeSpec, build_probe, load_tasks
+from engines.studies.conflicts import conflict_summary, load_conflicts, run_conflicts
+from services.run_log import log_generation, log_probe, session_for, write_run
+from storage.db import StorageError, Store
+from ui import figures
+from ui.model_panel import (
+    ConfigInputs,
+    config_from_values,
+    describe_loaded,
+    loaded_model,
+    said_to_user,
+)
+
+FREE_TEXT = "(free text: the context and question above)"
+DEFAULT_METHODS = "greedy\nbeam:num_beams=4\ncontrastive\ndola\ncad:alpha=1\nadacad"
+MAX_METHODS = 8
+RESULT_HEADERS = ["method", "answer", "correct", "new tokens", "seconds", "finish", "run id"]
+CAD_HEADERS = ["method", "step", "chosen", "with context (top 3)", "without context (top 3)", "combined (top 3)"]
+ALTERNATIVE_HEADERS = ["method", "kind", "text", "score"]
+SUMMARY_HEADERS = ["method", "items", "follows_context", "follows_memory", "neither"]
+ANSWER_HEADERS = ["method", "item", "answer", "verdict", "seconds"]
+
+
+def as_rows(records: list[dict], headers: list[str]) -> list[list]:
+    return [[record[h] for h in headers] for record in records]
+
+
+def parse_methods(text: str) -> list[DecodingSpec]:
+    """One decoding setting per line; a bad line becomes a gr.Error naming it."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        raise gr.Error("Enter at least one decoding method, one per line, e.g. greedy or beam:num_beams=4.")
+    if len(lines) > MAX_METHODS:
+        raise gr.Error(f"At most {MAX_METHODS} methods at once; remove {len(lines) - MAX_METHODS} line(s).")
+    specs = []
+    for number, line in enumerate(lines, 1):
+        try:
+            specs.append(DecodingSpec.parse(line))
+        except SpecError as exc:
+            raise gr.Error(f"Method line {number} ({line}): {exc}") from exc
+    return specs
+
+
+def _top3(pairs) -> str:
+    return ", ".join(f"{text!r} {prob:.2f}" for text, prob in list(pairs)[:3])
+
+
+def cad_rows(method: str, tokens: list[dict]) -> list[list]:
+    return [[method, t["index"], repr(t["text"]), _top3(t["extra"]["with_context"]),
+             _top3(t["extra"]["without_context"]), _top3(t["top"])] for t in tokens if "with_context" in t["extra"]]
+
+
+def alternative_rows(method: str, details: dict) -> list[list]:
+    rows = [[method, f"beam {i}", beam["text"], beam["score"]] for i, beam in enumerate(details.get("beams", []), 1)]
+    if "diversity" in details:
+        figures_ = details["diversity"]
+        rows.append([method, "diversity", f"distinct-2 {figures_['distinct_2']}, pairwise overlap "
+                                          f"{figures_['pairwise_overlap']}", None])
+    for key, kind in (("answers", "ICN answer"), ("topk_answers", "top-k expansion")):
+        rows += [[method, f"{kind} {i}", answer, None] for i, answer in enumerate(details.get(key, []), 1)]
+    if "answers" in details:
+        rows.append([method, "distinct share", f"ICN {details['distinct_share']}, top-k "
+                                               f"{details['topk_distinct_share']}", None])
+    return rows
+
+
+def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
+    task_names = [FREE_TEXT, *load_tasks()]
+    with gr.Tab("Decoding", id="decoding"):
+        gr.Markdown("The same prompt under several decoding methods, side by side (one per line, "
+                    "`METHOD[:key=value,...]`). Methods: " + "; ".join(
+                        f"**{name}** ({text})" for name, text in DESCRIPTIONS.items()) + ". Context-aware decoding "
+                    "runs the prompt twice (with and without the context), so it costs two passes per token.")
+        with gr.Row():
+            with gr.Column(scale=3):
+                context = gr.Textbox(load_conflicts()[0]["context"], lines=5, label="Context", elem_id="decode-context")
+                question = gr.Textbox(load_conflicts()[0]["question"], label="Question")
+                with gr.Row():
+                    task = gr.Dropdown(task_names, value=FREE_TEXT, label="Or a haystack probe")
+                    length = gr.Number(1000, precision=0, label="Length (tokens)")
+                    depth = gr.Number(50, label="Depth (%)")
+                    seed = gr.Number(1, precision=0, label="Seed")
+            with gr.Column(scale=2):
+                methods = gr.Textbox(DEFAULT_METHODS, lines=7, label="Methods, one per line", elem_id="decode-methods")
+                with gr.Row():
+                    run = gr.Button("Compare methods", variant="primary", elem_id="decode-run")
+                    stop = gr.Button("Cancel", variant="stop")
+        results = gr.Dataframe(headers=RESULT_HEADERS, label="Answers", wrap=True, elem_id="decode-results")
+        token_plot = gr.Plot(label="Per-token probability and entropy")
+        with gr.Row():
+            alpha_plot = gr.Plot(label="Context-aware decoding: alpha per step")
+            alternatives = gr.Dataframe(headers=ALTERNATIVE_HEADERS, label="Beams, ICN answers, diversity", wrap=True)
+        cad_table = gr.Dataframe(headers=CAD_HEADERS, label="Context-aware decoding: top tokens per step", wrap=True)
+        with gr.Accordion("Prompt: the exact text fed to the model", open=False):
+            prompt_box = gr.Textbox(lines=8, max_lines=30, interactive=False, show_label=False)
+        with gr.Accordion("Knowledge-conflict set: how often each method follows the context", open=False):
+            gr.Markdown(f"{len(load_conflicts())} short contexts written for this lab contradict familiar facts. "
+                        "A method *follows the context* when its answer names the context's answer and not the "
+                        "familiar one. Runs the methods listed above.")
+            with gr.Row():
+                limit = gr.Slider(1, len(load_conflicts()), value=len(load_conflicts()), step=1, label="Items")
+                conflict_run = gr.Button("Run the set", elem_id="conflict-run")
+                conflict_stop = gr.Button("Cancel", variant="stop")
+            conflict_plot = gr.Plot(label="Whom the answer follows")
+            conflict_table = gr.Dataframe(headers=SUMMARY_HEADERS, label="Per method", wrap=True)
+            conflict_rows = gr.Dataframe(headers=ANSWER_HEADERS, label="Every answer", wrap=True)
+
+    def prompts_for(loaded, run_config, task_name, context_text, question_text, length_value, depth_value, seed_value):
+        if task_name == FREE_TEXT:
+            if not (question_text or "").strip():
+                raise gr.Error("Enter a question, or choose a haystack probe.")
+            template = run_config.chat_template
+            return (None, format_prompt(loaded.tokenizer, context_text or "", question_text.strip(), template),
+                    format_prompt(loaded.tokenizer, "", question_text.strip(), template))
+        with said_to_user():
+            spec = ProbeSpec(task=task_name, length=int(length_value or 0), depth=float(depth_value or 0),
+                             seed=int(seed_value or 0))
+            instance = build_probe(loaded.tokenizer, spec, run_config.chat_template, None, max_prompt_tokens(loaded))
+        return instance, instance.prompt, None
+
+    def compare(context_text, question_text, task_name, length_value, depth_value, seed_value, methods_text, state,
+                *values, progress=gr.Progress()):
+        base = config_from_values(*values)
+        specs = parse_methods(methods_text)
+        loaded = loaded_model(base, progress)
+        instance, prompt, plain = prompts_for(loaded, base, task_name, context_text, question_text, length_value,
+                                              depth_value, seed_value)
+        configs = [dataclasses.replace(base, decoding=spec, max_new_tokens=instance.max_new_tokens if instance
+                                       else base.max_new_tokens) for spec in specs]
+
+        def produce(model, should_stop):
+            for number, run_config in enumerate(configs):
+                items = (run_probe(model, instance, "generate", run_config, should_stop) if instance else
+                         run_free(model, prompt, run_config, should_stop, plain_prompt=plain))
+                for item in items:
+                    yield number, item
+
+        rows = [[spec.label, "", None, 0, None, "waiting", None] for spec in specs]
+        tokens: dict[str, list[dict]] = {spec.label: [] for spec in specs}
+        cad, extra_rows = [], []
+        log_to, session_id, state = session_for(store, state)
+        yield {prompt_box: prompt, results: rows, session: state}
+        with said_to_user():
+            for number, item in MANAGER.stream(base.model, produce):
+                label, row = specs[number].label, rows[number]
+                if isinstance(item, (GenerationResult, ProbeOutcome)):
+                    result = item.generation if isinstance(item, ProbeOutcome) else item
+                    run_id = log_run(log_to, session_id, configs[number], loaded, item, context_text, question_text)
+                    rows[number] = [label, result.text, item.score.correct if instance else None, result.new_tokens,
+                                    result.seconds, result.finish, run_id]
+                    cad += cad_rows(label, tokens[label])
+                    extra_rows += alternative_rows(label, result.details)
+                    yield {results: rows, token_plot: figures.decoding_tokens(tokens), cad_table: cad,
+                           alternatives: extra_rows, alpha_plot: alpha_figure(tokens)}
+                    continue
+                tokens[label].append(item.to_dict())
+                row[1], row[3], row[5] = row[1] + item.text, len(tokens[label]), "generating"
+                if len(tokens[label]) % 4 == 1:
+                    yield {results: rows, token_plot: figures.decoding_tokens(tokens)}
+        yield {results: rows, token_plot: figures.decoding_tokens(tokens), cad_table: cad, alternatives: extra_rows,
+               alpha_plot: alpha_figure(tokens), prompt_box: prompt, config.status: describe_loaded()}
+
+    def log_run(log_to, session_id, run_config, loaded, item, context_text, question_text):
+        try:
+            if isinstance(item, ProbeOutcome):
+                return log_probe(log_to, session_id, run_config, loaded, item)
+            return log_generation(log_to, session_id, "probe", run_config, loaded,
+                                  {"context": context_text, "question": question_text}, item)
+        except StorageError as exc:
+            gr.Warning(str(exc))
+            return None
+
+    def alpha_figure(tokens: dict[str, list[dict]]):
+        shown = {label: t for label, t in tokens.items() if t and "alpha" in t[0]["extra"]}
+        return figures.cad_alpha(shown) if shown else None
+
+    def conflicts(methods_text, count, state, *values, progress=gr.Progress()):
+        base = config_from_values(*values)
+        specs = parse_methods(methods_text)
+        loaded_model(base, progress)
+        total, rows = len(specs) * int(count), []
+        log_to, session_id, state = session_for(store, state)
+        events = MANAGER.stream(base.model, lambda model, should_stop: run_conflicts(
+            model, specs, base.chat_template, base.max_new_tokens, should_stop, int(count)))
+        with said_to_user():
+            for row in events:
+                rows.append(row)
+                progress(len(rows) / total, desc=f"{len(rows)}/{total}: {row['method']}")
+                summary = conflict_summary(rows)
+                yield {conflict_plot: figures.conflict_bars(summary), conflict_table: as_rows(summary, SUMMARY_HEADERS),
+                       conflict_rows: as_rows(rows, ANSWER_HEADERS), session: state}
+        summary = conflict_summary(rows)
+        try:
+            write_run(log_to, session_id, "conflicts", base, MANAGER.loaded, {"methods": [s.to_dict() for s in specs],
+                      "items": int(count)}, {"conflict_summary": summary, "rows": rows}, None)
+        except LabError as exc:
+            gr.Warning(str(exc))
+
+    inputs = [context, question, task, length, depth, seed, methods, session, *config.all()]
+    event = run.click(compare, inputs, [results, token_plot, alpha_plot, alternatives, cad_table, prompt_box, session,
+                                        config.status], api_name="decode_compare", concurrency_id="model")
+    stop.click(None, cancels=[event], api_name=False)
+    conflict_event = conflict_run.click(conflicts, [methods, limit, session, *config.all()],
+                                        [conflict_plot, conflict_table, conflict_rows, session],
+                                        api_name="decode_conflicts", concurrency_id="model")
+    conflict_stop.click(None, cancels=[conflict_event], api_name=False)
+

@@ -1,0 +1,249 @@
+"""Sweep tab: a task over lengths x depths x seeds, a heatmap that fills cell by cell, position and
+length curves, effective context length, A/B comparison, resume, and each cell's details on click."""
+from __future__ import annotations
+
+import json
+import time
+
+import gradio as gr
+
+from engines.attention.function import AttentionCapture
+from engines.attention.views import capture_views, question_positions
+from engines.config.errors import LabError
+from engines.config.specs import DTYPES, EMBEDDED_MODEL, QUANTS, ModelSpec, RunConfig, SpecError
+from engines.decoding.methods import DecodingSpec
+from engines.model.loading import MANAGER
+from engines.probes.haystack import SOURCES, HaystackError, read_upload
+from engines.probes.runner import SCORE_MODES, run_probe
+from engines.probes.tasks import load_tasks
+from engines.studies.sweeps import DEPTH_SPACINGS, SweepSpec, depth_grid
+from services.replay import stored_probe
+from services.run_log import session_for
+from services.sweep_jobs import SweepJob, estimate, open_job, parse_list, run_job
+from storage.db import Store
+from ui import figures
+from ui.haystack import PRESET_HAYSTACK
+from ui.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
+
+TABLE_COLUMNS = ["length", "depth", "seed", "correct", "score", "answer", "prompt_tokens", "key"]
+def sweep_spec(task, lengths, depth_count, spacing, seeds, mode, haystack, params_json,
+               needle_attention=False) -> SweepSpec:
+    try:
+        params = json.loads(params_json or "{}")
+        if not isinstance(params, dict):
+            raise HaystackError('Builder settings must be a JSON object such as {"num_hops": 3}.')
+        if depth_count is None or int(depth_count) != depth_count:
+            raise HaystackError("The number of depths must be a whole number, e.g. 11.")
+        return SweepSpec(task, parse_list(lengths, int, "Lengths"), depth_grid(int(depth_count), spacing),
+                         parse_list(seeds, int, "Seeds"), mode, None if haystack == PRESET_HAYSTACK else haystack,
+                         params, bool(needle_attention))
+    except json.JSONDecodeError as exc:
+        raise gr.Error(f"Builder settings are not valid JSON ({exc.msg}); write an object such as "
+                       '{"num_hops": 3}.') from exc
+    except HaystackError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def b_config(a: RunConfig, model, quant, dtype, chat_template, decoding) -> RunConfig:
+    try:
+        spec = ModelSpec(model=(model or "").strip(), quant=quant, quant_4bit_type=a.model.quant_4bit_type,
+                         dtype=dtype, device=a.model.device)
+        return RunConfig(model=spec, chat_template=bool(chat_template), max_new_tokens=a.max_new_tokens,
+                         rope=a.rope, mask=a.mask,
+                         decoding=DecodingSpec.parse(decoding) if (decoding or "").strip() else a.decoding)
+    except SpecError as exc:
+        raise gr.Error(f"Configuration B: {exc}") from exc
+
+
+def status_line(jobs: list[SweepJob], started: float, done_now: int, estimated: float | None) -> str:
+    total = sum(job.total for job in jobs)
+    finished = sum(len(job.rows) for job in jobs)
+    elapsed = time.perf_counter() - started
+    remaining = total - finished
+    eta = f"{elapsed / done_now * remaining:.0f} s" if done_now else (
+        f"about {estimated:.0f} s (estimate)" if estimated is not None else "-")
+    ids = ", ".join(f"{'AB'[i]}: `{job.sweep_id}` ({job.status})" for i, job in enumerate(jobs))
+    return f"**{finished}/{total} cells**, elapsed {elapsed:.0f} s, remaining {eta} | sweep ids {ids}"
+
+
+def plots(jobs: list[SweepJob], value: str, threshold: float | None) -> dict:
+    a = jobs[0]
+    lengths, depths = a.spec.lengths, a.spec.depths
+    out = {"heat_a": figures.sweep_heatmap(a.rows, lengths, depths, value, "A: " + a.spec.task),
+           "mass": gr.Plot(figures.sweep_heatmap(
+               a.rows, lengths, depths, "needle_mass", "Attention mass on the needle (question rows)"),
+               visible=True) if a.spec.needle_attention else gr.Plot(visible=False),
+           "curve": figures.position_curve(a.rows, value), "length": figures.length_curve(a.rows, threshold, value)}
+    if len(jobs) > 1:
+        out["heat_b"] = figures.sweep_heatmap(jobs[1].rows, lengths, depths, value, "B: " + jobs[1].spec.task)
+        out["diff"] = figures.difference_heatmap(a.rows, jobs[1].rows, lengths, depths, value)
+    return out
+
+
+def table(jobs: list[SweepJob]) -> list[list]:
+    return [[r[c] if c != "answer" else str(r[c])[:80] for c in TABLE_COLUMNS] + ["AB"[i]]
+            for i, job in enumerate(jobs) for r in sorted(job.rows, key=lambda r: (r["length"], r["depth"], r["seed"]))]
+
+
+def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
+    with gr.Tab("Sweep", id="sweep"):
+        with gr.Row():
+            task = gr.Dropdown(list(load_tasks()), value="passkey", label="Task preset")
+            lengths = gr.Textbox("1000,2000,4000,8000", label="Lengths (prompt tokens)")
+            depth_count = gr.Number(11, precision=0, label="Depths (count, 0-100%)")
+            spacing = gr.Radio(list(DEPTH_SPACINGS), value="linear", label="Depth spacing")
+            seeds = gr.Textbox("1", label="Seeds")
+        with gr.Row():
+            mode = gr.Radio(list(SCORE_MODES), value="generate", label="Scoring")
+            haystack = gr.Dropdown([PRESET_HAYSTACK, *SOURCES, "upload"], value=PRESET_HAYSTACK, label="Haystack")
+            upload = gr.File(label="Haystack file (.txt/.md)", file_types=[".txt", ".md"], type="filepath")
+            params = gr.Code("{}", language="json", lines=2, label="Builder settings (JSON)")
+            needle_attention = gr.Checkbox(False, label="Needle attention per cell",
+                                           info="captures each cell's question rows; slower (no prefix sharing)")
+            threshold = gr.Number(0, minimum=0, maximum=1, label="Effective-length threshold",
+                                  info="0 = 85% of the score at the shortest length; else a fixed accuracy")
+        with gr.Accordion("A/B: run the same sweep under a second configuration", open=False):
+            with gr.Row():
+                compare = gr.Checkbox(False, label="Also run configuration B")
+                b_model = gr.Dropdown([EMBEDDED_MODEL], value=EMBEDDED_MODEL, allow_custom_value=True, label="B model")
+                b_quant = gr.Radio(list(QUANTS), value="none", label="B quantization")
+                b_dtype = gr.Radio(list(DTYPES), value="fp32", label="B dtype")
+                b_template = gr.Checkbox(True, label="B applies the chat template")
+                b_decoding = gr.Textbox("", label="B decoding",
+                                        info="empty: as A; e.g. cad:alpha=1 to compare methods")
+        with gr.Row():
+            estimate_button = gr.Button("Estimate time")
+            run_button = gr.Button("Run sweep", variant="primary", elem_id="sweep-run")
+            cancel = gr.Button("Cancel", variant="stop")
+            resume_id = gr.Textbox(label="Sweep id to resume", scale=2)
+            resume_button = gr.Button("Resume")
+        status = gr.Markdown("Set a grid and press **Estimate time** or **Run sweep**.")
+        with gr.Row():
+            heat_a = gr.Plot(label="Heatmap A", elem_id="sweep-heatmap")
+            heat_b = gr.Plot(label="Heatmap B")
+            diff = gr.Plot(label="B minus A")
+        mass_plot = gr.Plot(label="Needle attention mass", visible=False)
+        with gr.Row():
+            curve = gr.Plot(label="Position curve")
+            length_plot = gr.Plot(label="Length curve")
+        cells = gr.Dataframe(headers=TABLE_COLUMNS + ["config"], label="Cells (click a row for its details)",
+                             interactive=False, wrap=True)
+        with gr.Accordion("Cell details", open=True):
+            detail = gr.JSON(label="Cell")
+            detail_prompt = gr.Textbox(label="Prompt", lines=6, max_lines=20, interactive=False)
+            cell_button = gr.Button("Attention views for this cell", elem_id="sweep-cell-attention")
+            with gr.Row():
+                cell_profile = gr.Plot(label="Attention over the context (this cell)")
+                cell_mass = gr.Plot(label="Layer x head mass on the needle (this cell)")
+        sweep_ids = gr.State([])
+
+    outputs = {"heat_a": heat_a, "heat_b": heat_b, "diff": diff, "curve": curve, "length": length_plot,
+               "mass": mass_plot}
+
+    def stream(jobs: list[SweepJob], log_to: Store | None, value: str, limit, estimated: float | None,
+               progress: gr.Progress):
+        limit = limit or None  # 0 or empty: the relative rule
+        started, done_now = time.perf_counter(), 0
+        total = sum(job.total for job in jobs)
+        for job in jobs:
+            for _ in run_job(job, log_to):
+                done_now += 1
+                progress((sum(len(j.rows) for j in jobs), total), desc="cells")
+                yield {status: status_line(jobs, started, done_now, estimated), cells: table(jobs),
+                       **{outputs[k]: fig for k, fig in plots(jobs, value, limit).items()}}
+        yield {status: status_line(jobs, started, done_now, estimated), cells: table(jobs),
+               sweep_ids: [job.sweep_id for job in jobs], config.status: describe_loaded(),
+               **{outputs[k]: fig for k, fig in plots(jobs, value, limit).items()}}
+
+    def make_jobs(log_to, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
+                  params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, bdec, state, *values):
+        spec = sweep_spec(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
+                          params_json, attention_wanted)
+        budget = load_tasks()[task_name].max_new_tokens  # each task sets its own new-token budget
+        a = config_from_values(*values[:5], budget, *values[6:])
+        configs = [a] + ([b_config(a, bm, bq, bd, bt, bdec)] if use_b else [])
+        try:
+            upload_text = read_upload(upload_path) if upload_path else None
+            log_to, session_id, state = session_for(log_to, state)
+            return state, log_to, [open_job(log_to, session_id, c, spec, upload_text=upload_text,
+                                            label=f"{task_name} {'AB'[i]}") for i, c in enumerate(configs)]
+        except LabError as exc:
+            raise gr.Error(str(exc)) from exc
+
+    def estimate_time(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
+                      params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, bdec, state, *values,
+                      progress=gr.Progress()):
+        *_, jobs = make_jobs(None, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
+                            params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, bdec, state,
+                            *values)  # nothing is recorded
+        try:
+            figures_ = [estimate(job, lambda f, m: progress(f, desc=m)) for job in jobs]
+        except LabError as exc:
+            raise gr.Error(str(exc)) from exc
+        seconds = sum(f["seconds"] for f in figures_)
+        plain = sum(f["seconds_without_sharing"] for f in figures_)
+        return (f"**Estimate:** {sum(f['cells'] for f in figures_)} cells, about **{seconds:.0f} s** "
+                f"({plain:.0f} s without prefix sharing), from a calibration run on this machine.")
+
+    def run(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name, params_json,
+            attention_wanted, upload_path, use_b, bm, bq, bd, bt, bdec, state, limit, *values,
+            progress=gr.Progress()):
+        state, log_to, jobs = make_jobs(store, task_name, length_text, count, spacing_name, seed_text, mode_name,
+                                        haystack_name, params_json, attention_wanted, upload_path, use_b, bm, bq,
+                                        bd, bt, bdec, state,
+                                        *values)
+        yield {session: state, status: status_line(jobs, time.perf_counter(), 0, None)}
+        try:
+            yield from stream(jobs, log_to, "correct" if jobs[0].spec.mode == "generate" else "score", limit, None,
+                              progress)
+        except LabError as exc:
+            raise gr.Error(str(exc)) from exc
+
+    def resume(sweep_id, limit, progress=gr.Progress()):
+        try:
+            job = open_job(store, "", resume_id=(sweep_id or "").strip())
+        except LabError as exc:
+            raise gr.Error(str(exc)) from exc
+        yield from stream([job], store, "correct" if job.spec.mode == "generate" else "score", limit, None, progress)
+
+    def show_cell(ids, rows, evt: gr.SelectData):
+        row = rows.iloc[evt.index[0]].to_dict() if hasattr(rows, "iloc") else rows[evt.index[0]]
+        job_id = ids[0 if row.get("config", "A") == "A" else 1] if ids else None
+        stored = next((r for r in store.sweep_cells(job_id) if r["cell"] == row["key"]), None) if store and job_id else None
+        if stored is None:
+            return row, ""
+        run = store.get_run(stored["id"])
+        return stored["outputs"]["row"] | {"run_id": stored["id"]}, run["prompt"]
+
+    grid_inputs = [task, lengths, depth_count, spacing, seeds, mode, haystack, params, needle_attention, upload,
+                   compare, b_model, b_quant, b_dtype, b_template, b_decoding, session]
+    all_outputs = [status, cells, heat_a, heat_b, diff, curve, length_plot, mass_plot, sweep_ids, session,
+                   config.status]
+    estimate_button.click(estimate_time, [*grid_inputs, *config.all()], status, api_name="sweep_estimate",
+                          concurrency_id="model")
+    event = run_button.click(run, [*grid_inputs, threshold, *config.all()], all_outputs, api_name="sweep_run",
+                             concurrency_id="model")
+    resumed = resume_button.click(resume, [resume_id, threshold], all_outputs, api_name="sweep_resume",
+                                  concurrency_id="model")
+    cancel.click(None, cancels=[event, resumed], api_name=False)
+    cells.select(show_cell, [sweep_ids, cells], [detail, detail_prompt], api_name=False)
+
+    def cell_attention(cell: dict | None, progress=gr.Progress()):
+        """Rerun the chosen (logged) cell with attention capture and show its views."""
+        run = store.get_run(cell["run_id"]) if store and cell and cell.get("run_id") else None
+        if run is None:
+            raise gr.Error("Click a cell of a logged sweep in the table first (its run id appears in Cell).")
+        run_config = RunConfig.from_dict(run["config"])
+        loaded = loaded_model(run_config, progress)
+        with said_to_user():
+            instance = stored_probe(store, run, loaded, run_config)
+            capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt_tokens, instance.question))
+            with MANAGER.lock:
+                *_, outcome = run_probe(loaded, instance, run["inputs"]["mode"], run_config, capture=capture)
+        views = capture_views(capture, instance)
+        title = f"{instance.spec.length} tokens, depth {instance.spec.depth:g}%, answer {outcome.answer!r}"
+        return (figures.attention_profile(views["profile"], list(instance.spans), title=f"Attention ({title})"),
+                figures.layer_head_map(views["needle_mass"]))
+
+    cell_button.click(cell_attention, detail, [cell_profile, cell_mass], api_name="sweep_cell_attention",
+                      concurrency_id="model")
