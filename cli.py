@@ -177,7 +177,7 @@ def cmd_decode(args: argparse.Namespace) -> dict[str, Any]:
     config = dataclasses.replace(config_from_args(args, default_new_tokens=32), decoding=specs[0])
     loaded = MANAGER.get(config.model, first_use_progress)
     if args.conflicts:
-        rows = list(run_conflicts(loaded, specs, config.chat_template, config.max_new_tokens, limit=args.limit))
+        rows = list(run_conflicts(loaded, config, specs, limit=args.limit))
         return {"summary": conflict_summary(rows), "rows": rows, "model": config.model.model,
                 "dtype": loaded.dtype_name}
     if args.question is None or not args.question.strip():

@@ -12,8 +12,11 @@ import time
 import psutil
 import torch
 
-from engines.attention.function import AttentionCapture, capturing
+from engines.attention.function import AttentionCapture
 from engines.config.specs import ModelSpec
+from engines.context.masks import MaskSpec
+from engines.context.rope import RopeSpec
+from engines.context.run import run_state
 from engines.decoding.generation import encode
 from engines.model.loading import MANAGER
 from engines.probes.tasks import ProbeSpec, build_probe
@@ -34,7 +37,7 @@ def timed(model, ids, capture=None, repeats=2) -> float:
             if capture is None:
                 model(input_ids=ids, logits_to_keep=1)
             else:
-                with capturing(model, capture):
+                with run_state(model, RopeSpec(), MaskSpec(), capture=capture):
                     model(input_ids=ids, logits_to_keep=1)
         best = min(best, time.perf_counter() - started)
     return best

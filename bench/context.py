@@ -16,7 +16,7 @@ import torch
 from engines.config.specs import ModelSpec
 from engines.context.masks import MaskSpec
 from engines.context.rope import RopeSpec
-from engines.context.run import configure
+from engines.context.run import run_state
 from engines.decoding.generation import encode
 from engines.model.loading import MANAGER
 from engines.probes.tasks import ProbeSpec, build_probe
@@ -40,9 +40,9 @@ def main() -> None:
     seconds = {}
     for text in MASKS:
         mask = MaskSpec.parse(text)
-        positions = configure(loaded.model, RopeSpec(), mask, list(instance.spans), instance.prompt_tokens)
-        position_ids = None if positions is None else positions[None]
-        with torch.inference_mode():
+        with (torch.inference_mode(),
+              run_state(loaded.model, RopeSpec(), mask, list(instance.spans), instance.prompt_tokens) as positions):
+            position_ids = None if positions is None else positions[None]
             loaded.model(input_ids=ids[:, :256], logits_to_keep=1)  # warm up
             runs = []
             for _ in range(args.repeats):
@@ -51,7 +51,6 @@ def main() -> None:
                 runs.append(time.perf_counter() - started)
         seconds[text] = min(runs)
         print(f"{text:40s} {seconds[text]:6.2f} s  {seconds[text] / seconds['causal']:.2f}x causal", flush=True)
-    configure(loaded.model, RopeSpec(), MaskSpec())
     ratios = {text: round(s / seconds["causal"], 2) for text, s in seconds.items()}
     (ROOT / "assets" / "mask_costs.json").write_text(json.dumps(
         {"tokens": int(ids.shape[1]), "machine": f"{platform.machine()} CPU, {loaded.dtype_name}",

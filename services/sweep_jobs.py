@@ -67,7 +67,7 @@ def estimate(job: SweepJob, progress: Progress = no_progress) -> dict:
     """Seconds the remaining cells should take, from a short calibration on the loaded model."""
     loaded, cells = prepare(job, progress)
     with MANAGER.lock:
-        speed = calibrate(loaded)
+        speed = calibrate(loaded, job.config)
     spans = computed_spans(loaded.tokenizer, [instance for _, instance in cells], job.spec.mode)
     new_tokens = cells[0][1].max_new_tokens if cells and job.spec.mode == "generate" else 0
     return estimate_seconds(speed, spans, new_tokens) | {"cells": len(cells)}

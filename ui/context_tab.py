@@ -6,6 +6,7 @@ import json
 
 import gradio as gr
 
+from engines.attention.state import current
 from engines.context.masks import DESCRIPTIONS, MaskSpec
 from engines.context.rope import RopeSpec
 from engines.context.run import mask_grid, rope_curves, token_nll
@@ -63,7 +64,8 @@ def build(config: ConfigInputs) -> None:
         rows, positions = mask_grid(run_config.mask, int(length))
         base, dim, trained = 1e5, 64, 8192  # the embedded model's, unless a model is loaded
         if MANAGER.loaded is not None:
-            original = getattr(MANAGER.loaded.model, "lab_original_rotary", MANAGER.loaded.model.model.rotary_emb)
+            model = MANAGER.loaded.model
+            original = current(model.config).original_rotary or model.model.rotary_emb
             base = original.config.rope_parameters["rope_theta"]
             dim, trained = original.inv_freq.shape[0] * 2, original.original_max_seq_len
         curves = {"default": rope_curves(RopeSpec(), base, dim, trained)}

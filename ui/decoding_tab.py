@@ -196,7 +196,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         total, rows = len(specs) * int(count), []
         log_to, session_id, state = session_for(store, state)
         events = MANAGER.stream(base.model, lambda model, should_stop: run_conflicts(
-            model, specs, base.chat_template, base.max_new_tokens, should_stop, int(count)))
+            model, base, specs, should_stop, int(count)))
         with said_to_user():
             for row in events:
                 rows.append(row)

@@ -7,12 +7,12 @@ would compute every query x key pair; this skips the masked half of the chunk's 
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
+
+from engines.attention.state import current
 
 LAB_ATTENTION = "lab_sdpa"
 _flash_with_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -84,8 +84,8 @@ def two_branch_attention(module, query, key, value, scaling):
     log-sum-exp. Sinks with re-indexing and Lambda change the distance to those first keys by
     rotating the query (and, for Lambda, un-rotating the keys). Shapes as in prefix_chunk_attention;
     absolute positions are the cache indices."""
-    rule = module.config.lab_context
-    spec, inv_freq = rule.mask, rule.inv_freq
+    rule = current(module.config).rule
+    spec, inv_freq = rule.spec, rule.inv_freq
     q_len, kv_len = query.shape[2], key.shape[2]
     q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
     k_pos = torch.arange(kv_len, device=query.device)
@@ -178,9 +178,9 @@ def attention_rows(module, query, key, rows, q_pos, k_pos, scaling, attention_ma
     q = query[:, :, rows].float()
     scores = q @ key.float().transpose(-1, -2) * scaling
     positions = q_pos[rows]
-    rule = getattr(module.config, "lab_context", None)
-    if rule is not None and rule.two_branch:
-        spec = rule.mask
+    rule = current(module.config).rule
+    if rule is not None and rule.visibility is None:
+        spec = rule.spec
         window = spec.get("n_local") if spec.kind == "lambda" else spec.get("window")
         seen = (k_pos[None, :] <= positions[:, None]) & (positions[:, None] - k_pos[None, :] < window)
         first = {"sinks": "n_sink", "lambda": "n_global"}.get(spec.kind)
@@ -209,7 +209,8 @@ def attention_rows(module, query, key, rows, q_pos, k_pos, scaling, attention_ma
 
 def lab_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     q_len, kv_len = query.shape[2], key.shape[2]
-    capture = getattr(module.config, "lab_capture", None)
+    state = current(module.config)
+    capture = state.capture
     if capture is not None:
         groups = getattr(module, "num_key_value_groups", 1)
         q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
@@ -217,7 +218,7 @@ def lab_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, sca
         full_key = repeat_kv(key, groups)
         capture.record(module.layer_idx, q_pos, lambda rows: attention_rows(
             module, query, full_key, rows, q_pos, k_pos, scaling, attention_mask))
-    masked_heads = (getattr(module.config, "lab_head_mask", None) or {}).get(module.layer_idx)
+    masked_heads = state.head_mask.get(module.layer_idx)
     if masked_heads:
         out, weights = _lab_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
         return uniform_heads(out, value, masked_heads, getattr(module, "num_key_value_groups", 1)), weights
@@ -237,8 +238,8 @@ def uniform_heads(out: torch.Tensor, value: torch.Tensor, heads: list[int], grou
 
 def _lab_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs):
     q_len, kv_len = query.shape[2], key.shape[2]
-    rule = getattr(module.config, "lab_context", None)
-    if rule is not None and rule.two_branch and query.device.type == "cpu":
+    rule = current(module.config).rule
+    if rule is not None and rule.visibility is None and query.device.type == "cpu":
         groups = getattr(module, "num_key_value_groups", 1)
         out = two_branch_attention(module, query, repeat_kv(key, groups), repeat_kv(value, groups), scaling)
         return out.transpose(1, 2).contiguous(), None
@@ -254,7 +255,7 @@ def _lab_attention(module, query, key, value, attention_mask, dropout, scaling, 
 def lab_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, config=None,
              allow_is_causal_skip=True, **kwargs):
     """transformers' sdpa mask, unless the model carries a lab mask rule: then a bool mask from it."""
-    rule = getattr(config, "lab_context", None)
+    rule = current(config).rule
     if rule is None or rule.visibility is None:
         return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
                          kv_offset=kv_offset, mask_function=mask_function, config=config,
@@ -273,25 +274,3 @@ def use_lab_attention(model) -> None:
     """Switch a loaded model to the lab's attention function (same results as sdpa)."""
     model.set_attn_implementation(LAB_ATTENTION)
 
-
-@contextmanager
-def capturing(model, capture: AttentionCapture):
-    """Record attention rows into `capture` while the block runs; always removes itself."""
-    model.config.lab_capture = capture
-    try:
-        yield capture
-    finally:
-        model.config.lab_capture = None
-
-
-@contextmanager
-def heads_masked(model, heads: list[tuple[int, int]]):
-    """Give the (layer, head) pairs uniform attention while the block runs; always removes itself."""
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-    model.config.lab_head_mask = by_layer
-    try:
-        yield
-    finally:
-        model.config.lab_head_mask = None

@@ -152,15 +152,11 @@ def rope_parameters(spec: RopeSpec, base: float, trained: int, dim: int) -> dict
     return params
 
 
-def apply_rope(model, spec: RopeSpec) -> None:
-    """Give `model` the rotary embedding for `spec`; the default kind restores the original object."""
-    inner = model.model
-    if not hasattr(model, "lab_original_rotary"):
-        model.lab_original_rotary = inner.rotary_emb
-    original = model.lab_original_rotary
+def rotary_for(original: torch.nn.Module, spec: RopeSpec) -> torch.nn.Module:
+    """The rotary embedding module for `spec`, built beside the model's `original` one (which the
+    default kind returns as it is)."""
     if spec.kind == "default":
-        inner.rotary_emb = original
-        return
+        return original
     base = original.config.rope_parameters["rope_theta"]
     trained = original.original_max_seq_len
     dim = original.inv_freq.shape[0] * 2
@@ -175,4 +171,4 @@ def apply_rope(model, spec: RopeSpec) -> None:
         rotary.inv_freq = inv_freq.float().to(original.inv_freq.device)
         rotary.original_inv_freq = rotary.inv_freq.clone()
         rotary.attention_scaling = attention
-    inner.rotary_emb = rotary
+    return rotary

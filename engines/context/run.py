@@ -1,49 +1,67 @@
-"""The context engine: put a RoPE kind and an attention mask on a loaded model for one run.
+"""Per-run state: RoPE, mask, attention capture and head masking applied to a loaded model for exactly
+one run, and the model restored when the run ends (also on error or cancel).
 
-The mask rides on the model's config (`config.lab_context`), where the lab's attention function and
-mask builder (engines/attention.py) read it; the plain causal mask leaves the fused path in use.
+Every entry point that runs the model under a RunConfig does so inside `run_state(...)`; the lab's
+attention function (engines/attention/function.py) reads the state through `engines.attention.state`.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
+from engines.attention.state import MaskRule, RunState
 from engines.context.masks import NEEDS_DOCUMENTS, MaskSpec, segment_ids, shared_positions, visible
-from engines.context.rope import RopeSpec, apply_rope
+from engines.context.rope import RopeSpec, rotary_for
 from engines.probes.haystack import HaystackError
 
-
-@dataclass(frozen=True)
-class ContextRule:
-    """What the attention function needs: the mask, its visibility rule and the RoPE frequencies."""
-
-    mask: MaskSpec
-    visibility: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
-    inv_freq: torch.Tensor
-    two_branch: bool
+WINDOW_MASKS = ("sliding_window", "sinks", "lambda")  # run blockwise, with no dense mask
 
 
-def configure(model, rope: RopeSpec, mask: MaskSpec, spans: list[dict] | None = None,
-              prompt_tokens: int = 0) -> torch.Tensor | None:
-    """Apply `rope` and `mask` to `model` for the next run; returns custom position ids for the
-    prompt when the mask shares positions between documents (else None)."""
-    apply_rope(model, rope)
+def mask_rule(mask: MaskSpec, rotary: torch.nn.Module, spans: list[dict] | None,
+              prompt_tokens: int) -> tuple[MaskRule | None, torch.Tensor | None]:
+    """The attention function's rule for `mask` and the prompt's position ids when documents share
+    positions (else None)."""
     if mask.kind == "causal":
-        model.config.lab_context = None
-        return None
+        return None, None
     segments = None
     if mask.kind in NEEDS_DOCUMENTS:
         segments = segment_ids(prompt_tokens, spans or [])
         if not bool((segments >= 0).any()):
             raise HaystackError(f"The '{mask.kind}' mask needs a prompt made of documents: use a multi-document "
                                 "task such as litm_qa in the Haystack or Sweep tab.")
-    two_branch = mask.kind in ("sliding_window", "sinks", "lambda")
-    rule = None if two_branch else (lambda q, k: visible(mask, q, k, segments.to(q.device) if segments is not None
-                                                          else None))
-    model.config.lab_context = ContextRule(mask, rule, model.model.rotary_emb.inv_freq, bool(two_branch))
-    return shared_positions(segments) if mask.shares_positions else None
+    visibility = None if mask.kind in WINDOW_MASKS else (
+        lambda q, k: visible(mask, q, k, None if segments is None else segments.to(q.device)))
+    positions = shared_positions(segments) if mask.shares_positions else None
+    return MaskRule(mask, visibility, rotary), positions
+
+
+@contextmanager
+def run_state(model, rope: RopeSpec, mask: MaskSpec, spans: list[dict] | None = None, prompt_tokens: int = 0,
+              capture=None, heads: list[tuple[int, int]] | None = None) -> Iterator[torch.Tensor | None]:
+    """Run the block with `rope`, `mask`, `capture` and `heads` (layer, head pairs given uniform
+    attention) on `model`; yields the prompt's position ids when documents share positions (else None).
+
+    Nested blocks start from the original rotary module and inherit the enclosing capture and head
+    mask unless they give their own. On exit the model is as it was before the block."""
+    inner = model.model
+    outer = getattr(model.config, "lab_run", None)
+    entry_rotary = inner.rotary_emb
+    original = outer.original_rotary if outer is not None else entry_rotary
+    try:
+        inner.rotary_emb = rotary_for(original, rope)
+        rule, positions = mask_rule(mask, inner.rotary_emb, spans, prompt_tokens)
+        head_mask: dict[int, list[int]] = {}
+        for layer, head in heads or ():
+            head_mask.setdefault(layer, []).append(head)
+        model.config.lab_run = RunState(
+            rule, capture if capture is not None else getattr(outer, "capture", None),
+            head_mask if heads is not None else getattr(outer, "head_mask", {}), original)
+        yield positions
+    finally:
+        inner.rotary_emb = entry_rotary
+        model.config.lab_run = outer
 
 
 def mask_grid(mask: MaskSpec, length: int, spans: list[dict] | None = None, points: int = 128) -> tuple[list, list]:
@@ -74,11 +92,8 @@ def rope_curves(rope: RopeSpec, base: float, dim: int, trained: int) -> dict[str
 def token_nll(model, ids: torch.Tensor, rope: RopeSpec, mask: MaskSpec, chunk: int = 256) -> list[float]:
     """Negative log-likelihood of every token of `ids` [1, n] given the ones before, under a setting.
     The vocabulary projection runs in chunks, so full logits are never held at once."""
-    configure(model, rope, mask)
-    try:
+    with run_state(model, rope, mask):
         hidden = model.model(input_ids=ids).last_hidden_state[0, :-1]  # position p predicts token p + 1
-    finally:
-        configure(model, RopeSpec(), MaskSpec())
     targets = ids[0, 1:]
     losses = []
     for start in range(0, len(targets), chunk):

@@ -19,6 +19,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -308,8 +309,8 @@ class ModelManager:
 
         def work():
             try:
-                with self.lock:
-                    for item in produce(loaded, stop.is_set):
+                with self.lock, closing(produce(loaded, stop.is_set)) as produced:
+                    for item in produced:  # closing ends the job's run state at once, also on cancel
                         items.put(item)
                         if stop.is_set():
                             break

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass
 import psutil
 import torch
 
-from engines.attention.function import AttentionCapture, HeadMapCapture, capturing
+from engines.attention.function import AttentionCapture, HeadMapCapture
 from engines.config.specs import RunConfig, SpecError
-from engines.context.run import configure
+from engines.context.run import run_state
 from engines.decoding.generation import GenerationResult, PrefixCache, TokenEvent, encode, format_prompt
 from engines.decoding.methods import CAPTURE_METHODS, decode
 from engines.model.loading import LoadedModel
@@ -132,12 +132,10 @@ def run_probe(loaded: LoadedModel, instance: ProbeInstance, mode: str = "generat
               capture: AttentionCapture | None = None) -> Iterator[TokenEvent | ProbeOutcome]:
     """As `probe_events`, recording attention rows into `capture` when one is given."""
     config = config or RunConfig(max_new_tokens=instance.max_new_tokens)
-    if capture is None:
-        yield from probe_events(loaded, instance, mode, config, should_stop, prefix)
-        return
-    check_capture(config)
-    with capturing(loaded.model, capture):
-        yield from probe_events(loaded, instance, mode, config, should_stop, None)
+    if capture is not None:
+        check_capture(config)
+        prefix = None
+    yield from probe_events(loaded, instance, mode, config, should_stop, prefix, capture)
 
 
 def check_capture(config: RunConfig) -> None:
@@ -158,7 +156,7 @@ def decoded(loaded: LoadedModel, prompt: str, config: RunConfig, should_stop: Ca
 
 def probe_events(loaded: LoadedModel, instance: ProbeInstance, mode: str = "generate",
                  config: RunConfig | None = None, should_stop: Callable[[], bool] = lambda: False,
-                 prefix: PrefixCache | None = None) -> Iterator[TokenEvent | ProbeOutcome]:
+                 prefix: PrefixCache | None = None, capture=None) -> Iterator[TokenEvent | ProbeOutcome]:
     """Yields TokenEvents while generating (none in logprob mode), then the ProbeOutcome.
 
     `config` brings the RoPE kind, the mask and the new-token budget (default: the task's budget,
@@ -166,23 +164,25 @@ def probe_events(loaded: LoadedModel, instance: ProbeInstance, mode: str = "gene
     if mode not in SCORE_MODES:
         raise ValueError(f"Unknown scoring mode '{mode}'. Choose one of: {', '.join(SCORE_MODES)}.")
     config = config or RunConfig(max_new_tokens=instance.max_new_tokens)
-    positions = configure(loaded.model, config.rope, config.mask, list(instance.spans), instance.prompt_tokens)
     if config.mask.looks_ahead:
         prefix = None
-    if mode == "logprob":
-        result = logprob_of(loaded, instance.prompt, instance.logprob_target, instance.logprob_lead, prefix,
-                            positions)
-        outcome = Score(round(result.prob, 6), result.greedy_match,
-                        {"logprob": result.logprob, "mean_logprob": result.mean_logprob})
-        yield ProbeOutcome(instance, mode, result.target, outcome, logprob=result)
-        return
-    plain_prompt = format_prompt(loaded.tokenizer, "", instance.question, config.chat_template, instance.answer_prefix)
-    for item in decoded(loaded, instance.prompt, config, should_stop, prefix, positions, plain_prompt):
-        if isinstance(item, GenerationResult):
-            yield ProbeOutcome(instance, mode, item.text, score(instance.scorer, item.text, instance.expected, instance.question),
-                               generation=item)
-        else:
-            yield item
+    with run_state(loaded.model, config.rope, config.mask, list(instance.spans), instance.prompt_tokens,
+                   capture) as positions:
+        if mode == "logprob":
+            result = logprob_of(loaded, instance.prompt, instance.logprob_target, instance.logprob_lead, prefix,
+                                positions)
+            outcome = Score(round(result.prob, 6), result.greedy_match,
+                            {"logprob": result.logprob, "mean_logprob": result.mean_logprob})
+            yield ProbeOutcome(instance, mode, result.target, outcome, logprob=result)
+            return
+        plain_prompt = format_prompt(loaded.tokenizer, "", instance.question, config.chat_template,
+                                     instance.answer_prefix)
+        for item in decoded(loaded, instance.prompt, config, should_stop, prefix, positions, plain_prompt):
+            if isinstance(item, GenerationResult):
+                verdict = score(instance.scorer, item.text, instance.expected, instance.question)
+                yield ProbeOutcome(instance, mode, item.text, verdict, generation=item)
+            else:
+                yield item
 
 
 def run_free(loaded: LoadedModel, prompt: str, config: RunConfig,
@@ -192,12 +192,9 @@ def run_free(loaded: LoadedModel, prompt: str, config: RunConfig,
     """A free prompt under the config's RoPE, mask and decoding: TokenEvents, then the GenerationResult;
     attention rows go into `capture` when one is given. `plain_prompt` (the prompt without its context)
     is what context-aware decoding contrasts with."""
-    configure(loaded.model, config.rope, config.mask)
-    if capture is None:
-        yield from decoded(loaded, prompt, config, should_stop, plain_prompt=plain_prompt)
-        return
-    check_capture(config)
-    with capturing(loaded.model, capture):
+    if capture is not None:
+        check_capture(config)
+    with run_state(loaded.model, config.rope, config.mask, capture=capture):
         yield from decoded(loaded, prompt, config, should_stop, plain_prompt=plain_prompt)
 
 
@@ -211,9 +208,8 @@ def full_head_map(loaded: LoadedModel, prompt: str, config: RunConfig, layer: in
         raise SpecError(f"Choose a layer from 0 to {model_config.num_hidden_layers - 1} and a head from 0 to "
                         f"{model_config.num_attention_heads - 1} for the full map.")
     ids = encode(loaded.tokenizer, prompt)
-    positions = configure(loaded.model, config.rope, config.mask, spans or [], ids.shape[1])
     capture = HeadMapCapture(layer, head, side)
-    with capturing(loaded.model, capture):
+    with run_state(loaded.model, config.rope, config.mask, spans or [], ids.shape[1], capture) as positions:
         loaded.model(input_ids=ids.to(loaded.device), logits_to_keep=1,
                      position_ids=None if positions is None else positions[None].to(loaded.device))
     labels = [loaded.tokenizer.decode([t]) for t in ids[0].tolist()] if ids.shape[1] <= side else None
@@ -227,8 +223,6 @@ def masking_effect(loaded: LoadedModel, instance: ProbeInstance, config: RunConf
     masked: each setting's answer, correctness and log-probability of the gold answer."""
     import random
 
-    from engines.attention.function import heads_masked
-
     model_config = loaded.model.config
     others = [(layer, head) for layer in range(model_config.num_hidden_layers)
               for head in range(model_config.num_attention_heads) if (layer, head) not in set(heads)]
@@ -238,9 +232,9 @@ def masking_effect(loaded: LoadedModel, instance: ProbeInstance, config: RunConf
     for label, masked in settings:
         if should_stop():
             break
-        with heads_masked(loaded.model, masked):
+        with run_state(loaded.model, config.rope, config.mask, list(instance.spans), instance.prompt_tokens,
+                       heads=masked) as positions:
             *_, outcome = probe_events(loaded, instance, "generate", config, should_stop)
-            positions = configure(loaded.model, config.rope, config.mask, list(instance.spans), instance.prompt_tokens)
             gold = logprob_of(loaded, instance.prompt, instance.logprob_target, instance.logprob_lead,
                               positions=positions)
         rows.append({"setting": label, "heads": [list(h) for h in masked], "answer": outcome.answer,

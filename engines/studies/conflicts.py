@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 from functools import lru_cache
 
 from engines.config.paths import ASSETS
+from engines.config.specs import RunConfig
+from engines.context.run import run_state
 from engines.decoding.generation import GenerationResult, format_prompt
 from engines.decoding.methods import DecodingSpec, decode
 from engines.model.loading import LoadedModel
@@ -33,17 +35,19 @@ def verdict(answer: str, item: dict) -> str:
     return {(True, False): "context", (False, True): "memory", (True, True): "both"}.get((context, memory), "neither")
 
 
-def run_conflicts(loaded: LoadedModel, methods: list[DecodingSpec], chat_template: bool, max_new_tokens: int,
+def run_conflicts(loaded: LoadedModel, config: RunConfig, methods: list[DecodingSpec],
                   should_stop: Callable[[], bool] = lambda: False, limit: int | None = None) -> Iterator[dict]:
-    """Each method on each item (first `limit` items): one row per pair, as it finishes."""
+    """Each method on each item (first `limit` items) under the config's RoPE, mask, template and
+    budget: one row per pair, as it finishes."""
     items = load_conflicts()[:limit]
     for spec in methods:
         for number, item in enumerate(items):
             if should_stop():
                 return
-            prompt = format_prompt(loaded.tokenizer, item["context"], item["question"], chat_template)
-            plain = format_prompt(loaded.tokenizer, "", item["question"], chat_template)
-            *_, result = decode(loaded, prompt, spec, max_new_tokens, should_stop, plain_prompt=plain)
+            prompt = format_prompt(loaded.tokenizer, item["context"], item["question"], config.chat_template)
+            plain = format_prompt(loaded.tokenizer, "", item["question"], config.chat_template)
+            with run_state(loaded.model, config.rope, config.mask):
+                *_, result = decode(loaded, prompt, spec, config.max_new_tokens, should_stop, plain_prompt=plain)
             assert isinstance(result, GenerationResult)
             yield {"method": spec.label, "item": number, "answer": result.text, "verdict": verdict(result.text, item),
                    "seconds": result.seconds}

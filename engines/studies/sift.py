@@ -18,6 +18,7 @@ from functools import lru_cache
 
 from engines.config.paths import ASSETS
 from engines.config.specs import RunConfig
+from engines.context.run import run_state
 from engines.decoding.generation import GenerationResult, encode, format_prompt
 from engines.decoding.methods import DecodingSpec
 from engines.model.loading import LoadedModel
@@ -202,13 +203,14 @@ def ask(loaded: LoadedModel, config: RunConfig, text: str, budget: int, should_s
     prompt = format_prompt(loaded.tokenizer, "", text, config.chat_template, opening)
     run_config = dataclasses.replace(config, max_new_tokens=budget)
     output, count, result = opening, 0, None
-    for item in decoded(loaded, prompt, run_config, should_stop):
-        if isinstance(item, GenerationResult):
-            result = item
-            break
-        output, count = output + item.text, count + 1
-        if done(output):
-            break
+    with run_state(loaded.model, config.rope, config.mask):
+        for item in decoded(loaded, prompt, run_config, should_stop):
+            if isinstance(item, GenerationResult):
+                result = item
+                break
+            output, count = output + item.text, count + 1
+            if done(output):
+                break
     return prompt, (opening + result.text if result else output).strip(), count
 
 
@@ -307,7 +309,7 @@ def benchmark_summary(rows: list[dict]) -> dict:
 def sticker_attention(loaded: LoadedModel, config: RunConfig, query: str, sticker: str, budget: int = 64) -> dict:
     """Attention mass that the answer tokens of a Query+Sticker prediction put on the Sticker against
     the original problem text: in total, per token of each span, and per layer (mean over heads)."""
-    from engines.attention.function import AttentionCapture, capturing
+    from engines.attention.function import AttentionCapture
     from engines.attention.views import span_mass, stacked
     from engines.probes.runner import check_capture
 
@@ -321,7 +323,7 @@ def sticker_attention(loaded: LoadedModel, config: RunConfig, query: str, sticke
         spans[name] = (position(start), position(start + len(part)))
     prompt_tokens = len(encode(loaded.tokenizer, prompt)[0])
     capture = AttentionCapture([prompt_tokens - 1])
-    with capturing(loaded.model, capture):
+    with run_state(loaded.model, config.rope, config.mask, capture=capture):
         *_, result = decoded(loaded, prompt, dataclasses.replace(config, max_new_tokens=budget), lambda: False)
     matrix = stacked(capture, "answer" if capture.steps else "question")
     out = {"answer_tokens": len(capture.steps), "spans": spans}

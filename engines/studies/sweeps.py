@@ -18,6 +18,7 @@ import torch
 from engines.attention.function import AttentionCapture
 from engines.attention.views import question_positions, span_mass, stacked
 from engines.config.specs import RunConfig
+from engines.context.run import run_state
 from engines.decoding.generation import PrefixCache, common_prefix, encode
 from engines.model.loading import LoadedModel
 from engines.probes.haystack import HaystackError
@@ -176,21 +177,23 @@ class SpeedModel:
 
 
 @torch.inference_mode()
-def calibrate(loaded: LoadedModel) -> SpeedModel:
-    """Time two short prefills and a few decode steps on the loaded model (about a second on a CPU)."""
+def calibrate(loaded: LoadedModel, config: RunConfig) -> SpeedModel:
+    """Time two short prefills and a few decode steps on the loaded model under the config's RoPE and
+    mask (about a second on a CPU)."""
     from transformers import DynamicCache
 
     timings = {}
-    for count in (256, 1024):
-        ids = torch.randint(100, 1000, (1, count), device=loaded.device)
-        cache = DynamicCache()
+    with run_state(loaded.model, config.rope, config.mask):
+        for count in (256, 1024):
+            ids = torch.randint(100, 1000, (1, count), device=loaded.device)
+            cache = DynamicCache()
+            started = time.perf_counter()
+            loaded.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+            timings[count] = time.perf_counter() - started
         started = time.perf_counter()
-        loaded.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-        timings[count] = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(4):
-        loaded.model(input_ids=ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1)
-    decode = (time.perf_counter() - started) / 4
+        for _ in range(4):
+            loaded.model(input_ids=ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1)
+        decode = (time.perf_counter() - started) / 4
     # t(n) = a n + b n^2 / 2, solved from the two timings
     n1, n2, t1, t2 = 256, 1024, timings[256], timings[1024]
     quadratic = max(0.0, 2 * (t2 / n2 - t1 / n1) / (n2 - n1))

@@ -4,11 +4,11 @@ import pytest
 import torch
 from gradio_client import Client
 
-from engines.attention.function import AttentionCapture, capturing
+from engines.attention.function import AttentionCapture
 from engines.attention.views import question_positions, span_mass, stacked
 from engines.context.masks import MaskSpec, visible
 from engines.context.rope import RopeSpec
-from engines.context.run import configure
+from engines.context.run import run_state
 from engines.probes.runner import run_probe
 from engines.probes.tasks import ProbeSpec, build_probe
 
@@ -26,11 +26,9 @@ def test_capture_equals_eager_attention_rows(mask):
     seen = visible(spec, torch.arange(200)[:, None], torch.arange(200)[None, :])
     additive = torch.zeros(200, 200).masked_fill(~seen, torch.finfo(torch.float32).min)[None, None]
     with torch.inference_mode():
-        configure(model, RopeSpec(), spec)
         capture = AttentionCapture(rows)
-        with capturing(model, capture):
+        with run_state(model, RopeSpec(), spec, capture=capture):
             model(input_ids=ids)
-        configure(model, RopeSpec(), MaskSpec())
         model.set_attn_implementation("eager")
         try:
             eager = model(input_ids=ids, attention_mask=additive, output_attentions=True).attentions
@@ -81,7 +79,6 @@ def test_haystack_tab_shows_the_attention_views(served_app):
 def test_retrieval_heads_found_and_masking_them_hurts_more_than_random_heads(embedded):
     import random
 
-    from engines.attention.function import heads_masked
     from engines.attention.views import retrieval_scores, step_attention
     from engines.decoding.generation import encode
     from engines.probes.runner import logprob_of
@@ -100,9 +97,9 @@ def test_retrieval_heads_found_and_masking_them_hurts_more_than_random_heads(emb
     top = [divmod(i, scores.shape[1]) for i in torch.topk(scores.flatten(), 10).indices.tolist()]
     others = [(layer, head) for layer in range(30) for head in range(9) if (layer, head) not in top]
     baseline = logprob_of(embedded, instance.prompt, instance.logprob_target, instance.logprob_lead).logprob
-    with heads_masked(embedded.model, top):
+    with run_state(embedded.model, RopeSpec(), MaskSpec(), heads=top):
         without_top = logprob_of(embedded, instance.prompt, instance.logprob_target, instance.logprob_lead).logprob
-    with heads_masked(embedded.model, random.Random(0).sample(others, 10)):
+    with run_state(embedded.model, RopeSpec(), MaskSpec(), heads=random.Random(0).sample(others, 10)):
         without_random = logprob_of(embedded, instance.prompt, instance.logprob_target,
                                     instance.logprob_lead).logprob
     assert without_top < baseline - 1.0 and without_top < without_random

@@ -11,7 +11,7 @@ from gradio_client import Client
 
 from engines.context.masks import MaskSpec, visible
 from engines.context.rope import RopeSpec
-from engines.context.run import configure, token_nll
+from engines.context.run import run_state, token_nll
 
 pytestmark = pytest.mark.model
 
@@ -23,9 +23,8 @@ def test_default_settings_give_the_unmodified_logits(embedded):
         model.set_attn_implementation("sdpa")
         plain = model(input_ids=ids).logits
         model.set_attn_implementation("lab_sdpa")
-        configure(model, RopeSpec("yarn", 2.0), MaskSpec("sinks", {"n_sink": 4, "window": 64}))
-        changed = model(input_ids=ids).logits
-        configure(model, RopeSpec(), MaskSpec())
+        with run_state(model, RopeSpec("yarn", 2.0), MaskSpec("sinks", {"n_sink": 4, "window": 64})):
+            changed = model(input_ids=ids).logits
         back = model(input_ids=ids).logits
     assert torch.equal(back, plain)
     assert not torch.allclose(changed, plain, atol=1e-2)
@@ -41,9 +40,8 @@ def test_masks_equal_eager_attention_with_a_4d_mask(text):
     rows = visible(mask, torch.arange(96)[:, None], torch.arange(96)[None, :])
     additive = torch.zeros(96, 96, dtype=model.dtype).masked_fill(~rows, torch.finfo(model.dtype).min)[None, None]
     with torch.inference_mode():
-        configure(model, RopeSpec(), mask)
-        ours = model(input_ids=ids).logits.float()
-        configure(model, RopeSpec(), MaskSpec())
+        with run_state(model, RopeSpec(), mask):
+            ours = model(input_ids=ids).logits.float()
         model.set_attn_implementation("eager")
         try:
             reference = model(input_ids=ids, attention_mask=additive).logits.float()

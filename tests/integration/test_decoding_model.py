@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from engines.config.specs import SpecError
+from engines.config.specs import ModelSpec, SpecError
 from engines.decoding.generation import GenerationResult, encode, format_prompt
 from engines.decoding.methods import DecodingSpec, decode, dola_layers
+from engines.model.loading import MANAGER
 
 CONTEXT = "The Eiffel Tower was moved in 2021 to the city of Lyon, where it now stands by the Rhone."
 QUESTION = "In which city is the Eiffel Tower? Answer with one word."
@@ -37,14 +38,19 @@ def full_logits(model, ids: list[int], hidden: bool = False):
 
 
 def test_greedy_and_beam_equal_transformers_generate(embedded, prompts):
+    """Beams are compared in fp32: in bf16 generate() prefills the prompt once per beam while the lab
+    prefills it once and repeats the cache, and the two kernels round differently (scores move by
+    about 0.01, enough to swap two close beams on some CPUs)."""
     prompt = prompts[0]
     ids = encode(embedded.tokenizer, prompt)
     with torch.inference_mode():
         greedy = embedded.model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:].tolist()
-        beams = embedded.model.generate(ids, max_new_tokens=12, num_beams=4, num_return_sequences=4,
-                                        do_sample=False, output_scores=True, return_dict_in_generate=True)
     assert ids_of(run(embedded, prompt, "greedy")) == [t for t in greedy if t != 2]
-    ours = run(embedded, prompt, "beam:num_beams=4,num_return_sequences=4").details["beams"]
+    exact = MANAGER.get(ModelSpec(dtype="fp32"))
+    with torch.inference_mode():
+        beams = exact.model.generate(ids, max_new_tokens=12, num_beams=4, num_return_sequences=4,
+                                     do_sample=False, output_scores=True, return_dict_in_generate=True)
+    ours = run(exact, prompt, "beam:num_beams=4,num_return_sequences=4").details["beams"]
     theirs = [[t for t in seq[ids.shape[1]:].tolist() if t != 2] for seq in beams.sequences]
     assert [[t for t in beam["token_ids"] if t != 2] for beam in ours] == theirs
     assert [beam["score"] for beam in ours] == pytest.approx(beams.sequences_scores.tolist(), abs=1e-4)

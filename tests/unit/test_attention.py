@@ -48,7 +48,10 @@ def test_merge_by_lse_equals_softmax_over_all_keys():
 
 
 def test_pooled_head_map_equals_pooled_eager_attention(tiny):
-    from engines.attention.function import HeadMapCapture, capturing
+    from engines.attention.function import HeadMapCapture
+    from engines.context.masks import MaskSpec
+    from engines.context.rope import RopeSpec
+    from engines.context.run import run_state
 
     ids = torch.randint(0, 128, (1, 300))
     tiny.set_attn_implementation("eager")
@@ -57,7 +60,7 @@ def test_pooled_head_map_equals_pooled_eager_attention(tiny):
         use_lab_attention(tiny)
         token_level, pooled = HeadMapCapture(1, 3, side=512, chunk=64), HeadMapCapture(1, 3, side=100, chunk=64)
         for capture in (token_level, pooled):
-            with capturing(tiny, capture):
+            with run_state(tiny, RopeSpec(), MaskSpec(), capture=capture):
                 tiny(input_ids=ids)
     assert torch.allclose(token_level.result(), eager, atol=1e-5)  # 300 tokens fit: one cell per token pair
     bins = torch.arange(300) * 100 // 300

@@ -8,7 +8,7 @@ from engines.attention.function import lab_mask
 from engines.config.specs import SpecError
 from engines.context.masks import PREFIX, SUFFIX, MaskSpec, segment_ids, shared_positions, visible
 from engines.context.rope import RopeSpec
-from engines.context.run import configure
+from engines.context.run import run_state
 
 N = 24
 SEGMENTS = torch.tensor([PREFIX] * 4 + [0] * 6 + [1] * 6 + [2] * 4 + [SUFFIX] * 4)
@@ -95,11 +95,10 @@ def eager_with_mask(model, ids, mask_rows):
 def test_masked_model_equals_eager_attention_with_the_same_mask(one_layer, spec):
     ids = torch.randint(0, 64, (1, 40))
     with torch.inference_mode():
-        configure(one_layer, RopeSpec(), spec)
-        ours = one_layer(input_ids=ids).logits
-        rows = visible(spec, torch.arange(40)[:, None], torch.arange(40)[None, :])
-        assert torch.allclose(ours, eager_with_mask(one_layer, ids, rows), atol=1e-5)
-        configure(one_layer, RopeSpec(), MaskSpec())
+        with run_state(one_layer, RopeSpec(), spec):
+            ours = one_layer(input_ids=ids).logits
+            rows = visible(spec, torch.arange(40)[:, None], torch.arange(40)[None, :])
+            assert torch.allclose(ours, eager_with_mask(one_layer, ids, rows), atol=1e-5)
 
 
 def last_logits_at_positions(model, ids, positions):
@@ -113,9 +112,8 @@ def test_sinks_with_reindexing_equal_a_streaming_cache(one_layer):
     n_sink, window, length = 3, 6, 30
     ids = torch.randint(0, 64, (length,))
     with torch.inference_mode():
-        configure(one_layer, RopeSpec(), MaskSpec("sinks", {"n_sink": n_sink, "window": window, "reindex": 1}))
-        ours = one_layer(input_ids=ids[None]).logits[0]
-        configure(one_layer, RopeSpec(), MaskSpec())
+        with run_state(one_layer, RopeSpec(), MaskSpec("sinks", {"n_sink": n_sink, "window": window, "reindex": 1})):
+            ours = one_layer(input_ids=ids[None]).logits[0]
     for i in (n_sink + window + 2, 20, length - 1):
         kept = list(range(n_sink)) + list(range(i - window + 1, i + 1))
         expected = last_logits_at_positions(one_layer, ids[kept], torch.arange(len(kept)))
@@ -129,9 +127,8 @@ def test_lambda_mask_caps_the_distance_to_global_keys(one_layer):
     n_global, n_local, length = 2, 6, 30
     ids = torch.randint(0, 64, (length,))
     with torch.inference_mode():
-        configure(one_layer, RopeSpec(), MaskSpec("lambda", {"n_global": n_global, "n_local": n_local}))
-        ours = one_layer(input_ids=ids[None]).logits[0]
-        configure(one_layer, RopeSpec(), MaskSpec())
+        with run_state(one_layer, RopeSpec(), MaskSpec("lambda", {"n_global": n_global, "n_local": n_local})):
+            ours = one_layer(input_ids=ids[None]).logits[0]
     for i in (15, length - 1):
         far = [j for j in range(n_global) if i - j >= n_local]
         local = list(range(i - n_local + 1, i + 1))
@@ -145,8 +142,7 @@ def test_causal_keeps_the_fused_path_and_default_equals_the_unmodified_model(one
     ids = torch.randint(0, 64, (1, 30))
     with torch.inference_mode():
         before = one_layer(input_ids=ids).logits
-        configure(one_layer, RopeSpec(), MaskSpec("sliding_window", {"window": 4}))
-        assert not torch.allclose(one_layer(input_ids=ids).logits, before)
-        configure(one_layer, RopeSpec(), MaskSpec())
+        with run_state(one_layer, RopeSpec(), MaskSpec("sliding_window", {"window": 4})):
+            assert not torch.allclose(one_layer(input_ids=ids).logits, before)
         assert torch.equal(one_layer(input_ids=ids).logits, before)
     assert lab_mask(1, 30, 30, config=one_layer.config) is None  # no mask at all: the fused causal kernel

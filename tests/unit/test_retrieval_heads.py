@@ -2,8 +2,10 @@
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from engines.attention.function import heads_masked
 from engines.attention.views import retrieval_scores
+from engines.context.masks import MaskSpec
+from engines.context.rope import RopeSpec
+from engines.context.run import run_state
 
 
 def test_copy_paste_scoring_on_a_crafted_pattern():
@@ -34,10 +36,10 @@ def test_masking_heads_changes_only_what_it_should():
     ids = torch.randint(0, 64, (1, 20))
     with torch.inference_mode():
         before = model(input_ids=ids).logits
-        with heads_masked(model, [(0, 1), (1, 3)]):
+        with run_state(model, RopeSpec(), MaskSpec(), heads=[(0, 1), (1, 3)]):
             masked = model(input_ids=ids).logits
         after = model(input_ids=ids).logits
-    assert torch.equal(before, after) and model.config.lab_head_mask is None
+    assert torch.equal(before, after) and model.config.lab_run is None
     assert torch.allclose(masked[:, 0], before[:, 0], atol=1e-5)  # the first token sees only itself either way
     assert not torch.allclose(masked[:, 1:], before[:, 1:], atol=1e-3)
 

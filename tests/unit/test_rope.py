@@ -8,7 +8,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from engines.config.specs import SpecError
-from engines.context.rope import RopeSpec, apply_rope, frequencies, rope_parameters
+from engines.context.masks import MaskSpec
+from engines.context.rope import RopeSpec, frequencies, rope_parameters
+from engines.context.run import run_state
 
 BASE, DIM, TRAINED = 1e5, 64, 8192  # the embedded model's rope_theta, head_dim and window
 
@@ -82,9 +84,10 @@ def test_switching_changes_logits_and_default_restores_them_exactly():
     with torch.inference_mode():
         before = model(input_ids=ids).logits
         for kind in ("linear", "ntk", "yarn", "giraffe", "llama3", "longrope"):
-            apply_rope(model, RopeSpec(kind, 2.0))
-            assert not torch.equal(model(input_ids=ids).logits, before), kind
-        apply_rope(model, RopeSpec("dynamic", 2.0))  # identical to default within the trained window
-        assert torch.allclose(model(input_ids=ids[:, :60]).logits, before[:, :60], atol=1e-5)
-        apply_rope(model, RopeSpec())
+            with run_state(model, RopeSpec(kind, 2.0), MaskSpec()):
+                assert not torch.equal(model(input_ids=ids).logits, before), kind
+        with run_state(model, RopeSpec("dynamic", 2.0), MaskSpec()):  # identical to default within the window
+            assert torch.allclose(model(input_ids=ids[:, :60]).logits, before[:, :60], atol=1e-5)
+        with run_state(model, RopeSpec(), MaskSpec()):
+            assert torch.equal(model(input_ids=ids).logits, before)
         assert torch.equal(model(input_ids=ids).logits, before)

@@ -1,0 +1,40 @@
+"""What one run asks of the lab's attention function: the mask rule, the capture and the masked heads.
+
+A `RunState` is put on the model's config by `engines.context.run.run_state` for exactly one run and
+taken off again when the run ends; outside a run the attention function is plain sdpa.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    """The mask in use: its spec, the bool visibility function for masks that need a dense mask (None
+    for window masks, which run blockwise), and the rotary module whose live frequencies re-rotate far keys."""
+
+    spec: Any  # engines.context.masks.MaskSpec
+    visibility: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    rotary: torch.nn.Module
+
+    @property
+    def inv_freq(self) -> torch.Tensor:
+        """Read at call time: dynamic RoPE swaps its frequencies once a sequence passes the trained length."""
+        return self.rotary.inv_freq
+
+
+@dataclass(frozen=True)
+class RunState:
+    rule: MaskRule | None = None
+    capture: Any = None  # AttentionCapture or HeadMapCapture
+    head_mask: dict[int, list[int]] = field(default_factory=dict)
+    original_rotary: torch.nn.Module | None = None
+
+
+def current(config) -> RunState:
+    """The state of the run in progress on the model with this config (an empty one between runs)."""
+    return getattr(config, "lab_run", None) or RunState()
