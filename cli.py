@@ -12,17 +12,22 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from engines.config.errors import LabError
-from engines.config.specs import DTYPES, QUANT_4BIT_TYPES, QUANTS, ModelSpec, RunConfig, SpecError
-from engines.context.masks import KIND_PARAMS as MASK_KINDS
-from engines.context.masks import MaskSpec
-from engines.context.rope import KIND_PARAMS as ROPE_KINDS
-from engines.context.rope import RopeSpec
+from engines.config.kinds import FAMILIES, catalogue, entries
+from engines.config.specs import (
+    DTYPES,
+    QUANT_4BIT_TYPES,
+    QUANTS,
+    DecodingSpec,
+    MaskSpec,
+    ModelSpec,
+    RopeSpec,
+    RunConfig,
+    SpecError,
+)
 from engines.decoding.generation import encode, format_prompt
-from engines.decoding.methods import METHOD_PARAMS, DecodingSpec
 from engines.model.loading import MANAGER, console_progress
-from engines.probes.haystack import SOURCES, read_upload
+from engines.probes.haystack import read_upload
 from engines.probes.runner import SCORE_MODES, max_prompt_tokens, run_free, run_probe
-from engines.probes.scoring import SCORERS
 from engines.probes.tasks import ProbeSpec, build_probe, get_task, load_tasks
 from engines.studies.conflicts import conflict_summary, run_conflicts
 from engines.studies.sift import benchmark_summary, query_of, run_benchmark, run_sift
@@ -65,9 +70,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-chat-template", action="store_true", help="feed the raw text")
     parser.add_argument("--max-new-tokens", type=int, help="default: 32, or the task preset's budget")
     parser.add_argument("--rope", default="default", help="RoPE scaling KIND[:factor[,key=value...]], e.g. yarn:2 "
-                        f"(kinds: {', '.join(ROPE_KINDS)})")
+                        f"(kinds: {', '.join(entries('rope'))}; python app.py kinds describes them)")
     parser.add_argument("--mask", default="causal", help="attention mask KIND[:key=value,...], e.g. "
-                        f"sinks:n_sink=4,window=1024 (kinds: {', '.join(MASK_KINDS)})")
+                        f"sinks:n_sink=4,window=1024 (kinds: {', '.join(entries('mask'))})")
     parser.add_argument("--session", help="log into this session id (default: a new session)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -75,7 +80,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 def add_method_flag(parser: argparse.ArgumentParser, repeatable: bool = False) -> None:
     parser.add_argument("--method", action="append" if repeatable else "store", default=None,
                         help="decoding METHOD[:key=value,...], e.g. beam:num_beams=4 (methods: "
-                        f"{', '.join(METHOD_PARAMS)})" + ("; repeat to compare methods" if repeatable else ""))
+                        f"{', '.join(entries('decoding'))})" + ("; repeat to compare methods" if repeatable else ""))
 
 
 def config_from_args(args: argparse.Namespace, default_new_tokens: int) -> RunConfig:
@@ -308,12 +313,32 @@ def cmd_tasks(args: argparse.Namespace) -> dict[str, Any]:
     return {"tasks": [{"name": t.name, "description": t.description, "haystack": t.haystack,
                        "scorer": t.scorer, "max_new_tokens": t.max_new_tokens, "params": t.params}
                       for t in load_tasks().values()],
-            "haystacks": [*SOURCES, "upload"], "scorers": list(SCORERS), "score_modes": list(SCORE_MODES)}
+            "haystacks": list(entries("source")), "scorers": list(entries("scorer")), "score_modes": list(SCORE_MODES)}
+
+
+def cmd_kinds(args: argparse.Namespace) -> dict[str, Any]:
+    listing = catalogue()
+    return {args.family: listing[args.family]} if args.family else listing
+
+
+def kinds_text(listing: dict[str, list[dict]]) -> str:
+    """The catalogue as plain text: each kind with its description and settings."""
+    lines = []
+    for family, kinds in listing.items():
+        lines.append(f"{FAMILIES[family].label}s:")
+        for kind in kinds:
+            lines.append(f"  {kind['name']}: {kind['description']}")
+            for setting in kind["settings"]:
+                default = "worked out" if setting["default"] is None else setting["default"]
+                bounds = f", {setting['range']}" if setting["range"] else ""
+                lines.append(f"      {setting['name']} ({setting['type']}, default {default}{bounds}): "
+                             f"{setting['meaning']}")
+    return "\n".join(lines)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "probe": cmd_probe, "decode": cmd_decode, "sift": cmd_sift, "sweep": cmd_sweep, "tasks": cmd_tasks,
-    "sessions": cmd_sessions, "replay": cmd_replay,
+    "kinds": cmd_kinds, "sessions": cmd_sessions, "replay": cmd_replay,
     "export": cmd_export, "import": cmd_import}
 
 
@@ -388,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     import_parser.add_argument("--json", action="store_true", help="print one JSON object")
     tasks = commands.add_parser("tasks", help="list the task presets, haystacks and scorers")
     tasks.add_argument("--json", action="store_true", help="print one JSON object")
+    kinds = commands.add_parser("kinds", help="list every RoPE kind, mask kind, decoding method, task, haystack "
+                                "and scorer with its description and settings")
+    kinds.add_argument("--family", choices=list(FAMILIES), help="only this family")
+    kinds.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -402,6 +431,8 @@ def run(argv: list[str]) -> int:
         return _fail(str(exc))
     if args.json:
         print(json.dumps(output, ensure_ascii=False))
+    elif args.command == "kinds":
+        print(kinds_text(output))
     else:
         for key, value in output.items():
             print(f"{key}: {value}")

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import torch
 
-from engines.config.specs import ModelSpec
-from engines.context.masks import MaskSpec
-from engines.context.rope import RopeSpec
+from engines.config.specs import MaskSpec, ModelSpec, RopeSpec
 from engines.context.run import run_state
 from engines.decoding.generation import encode
 from engines.model.loading import MANAGER

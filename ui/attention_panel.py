@@ -95,6 +95,20 @@ def sliced_positions(state: dict | None, log: bool):
     return figures.layer_position_map(layer_position(matrix), matrix.shape[-1], log=log)
 
 
+def full_map(current, layer_value, head_value, log_value, progress=gr.Progress()):
+    """One layer and head's full query x key map of the captured run's prompt."""
+    if not current:
+        raise gr.Error("Run a probe with 'Capture attention' on first.")
+    if _index(layer_value) is None or _index(head_value) is None:
+        raise gr.Error("Choose one layer and one head (not 'all') for the full map.")
+    config = RunConfig.from_dict(current["config"])
+    loaded = loaded_model(config, progress)
+    with said_to_user(), MANAGER.lock:
+        result = full_head_map(loaded, current["prompt"], config, int(layer_value), int(head_value),
+                               current["spans"])
+    return figures.head_map(result, current["spans"], log_value)
+
+
 def build(profile_plot: gr.Plot, position_plot: gr.Plot, prefix: str) -> AttentionPanel:
     """The explorer's controls (below the tab's attention plots) and their events; element ids start
     with `prefix`."""
@@ -114,18 +128,6 @@ def build(profile_plot: gr.Plot, position_plot: gr.Plot, prefix: str) -> Attenti
     for control in (layer, head, rows, reduce, log):
         control.change(sliced_profile, [state, layer, head, rows, reduce, log], profile_plot, api_name=False)
     log.change(sliced_positions, [state, log], position_plot, api_name=False)
-
-    def full_map(current, layer_value, head_value, log_value, progress=gr.Progress()):
-        if not current:
-            raise gr.Error("Run a probe with 'Capture attention' on first.")
-        if _index(layer_value) is None or _index(head_value) is None:
-            raise gr.Error("Choose one layer and one head (not 'all') for the full map.")
-        config = RunConfig.from_dict(current["config"])
-        loaded = loaded_model(config, progress)
-        with said_to_user(), MANAGER.lock:
-            result = full_head_map(loaded, current["prompt"], config, int(layer_value), int(head_value),
-                                   current["spans"])
-        return figures.head_map(result, current["spans"], log_value)
 
     full_button.click(full_map, [state, layer, head, log], full_plot, api_name="attention_full_map",
                       concurrency_id="model")

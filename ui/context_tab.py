@@ -7,8 +7,8 @@ import json
 import gradio as gr
 
 from engines.attention.state import current
-from engines.context.masks import DESCRIPTIONS, MaskSpec
-from engines.context.rope import RopeSpec
+from engines.config.kinds import entries
+from engines.config.specs import MaskSpec, RopeSpec
 from engines.context.run import mask_grid, rope_curves, token_nll
 from engines.decoding.generation import encode
 from engines.model.loading import MANAGER
@@ -16,7 +16,7 @@ from engines.probes.haystack import ASSETS, HaystackError, prose_sentences
 from engines.probes.runner import max_prompt_tokens, run_probe
 from engines.probes.tasks import ProbeSpec, build_probe
 from ui import figures
-from ui.model_panel import ConfigInputs, config_from_values, loaded_model
+from ui.model_panel import ConfigInputs, Panel, loaded_model
 
 MASK_COSTS = ASSETS / "mask_costs.json"
 
@@ -34,10 +34,70 @@ def cost_table() -> str:
             f"({costs['machine']}, `python bench/context.py`):\n\n| mask | time |\n|---|---|\n{rows}")
 
 
+def pictures(length, *values):
+    """The mask as a picture, and the chosen RoPE's frequency ratio, wavelength and decay against default."""
+    panel = Panel.of(values)
+    run_config = panel.config()
+    if length is None or not 16 <= int(length) <= 1_000_000:
+        raise gr.Error("The picture length must be between 16 and 1,000,000 tokens.")
+    rows, positions = mask_grid(run_config.mask, int(length))
+    base, dim, trained = 1e5, 64, 8192  # the embedded model's, unless a model is loaded
+    if MANAGER.loaded is not None:
+        model = MANAGER.loaded.model
+        original = current(model.config).original_rotary or model.model.rotary_emb
+        base = original.config.rope_parameters["rope_theta"]
+        dim, trained = original.inv_freq.shape[0] * 2, original.original_max_seq_len
+    curves = {"default": rope_curves(RopeSpec(), base, dim, trained)}
+    if run_config.rope.kind != "default":
+        curves[panel.rope or "chosen"] = rope_curves(run_config.rope, base, dim, trained)
+    ratio, wave, decay = figures.rope_curves(curves, trained, run_config.rope.factor)
+    title = f"{run_config.mask.kind} mask, {int(length)} tokens (sampled {len(positions)}x{len(positions)})"
+    return figures.mask_picture(rows, positions, title), ratio, wave, decay
+
+
+def nll(tokens, *values, progress=gr.Progress()):
+    """Per-token NLL over a prose stream, plain causal against the panel's RoPE and mask."""
+    panel = Panel.of(values)
+    run_config = panel.config()
+    loaded = loaded_model(run_config, progress)
+    if tokens is None or not 64 <= int(tokens) <= max_prompt_tokens(loaded):
+        raise gr.Error(f"The stream length must be between 64 and {max_prompt_tokens(loaded)} tokens.")
+    text = " ".join(prose_sentences()[:int(tokens)])
+    ids = encode(loaded.tokenizer, text)[:, :int(tokens)]
+    curves = {}
+    settings = [("plain causal, default RoPE", RopeSpec(), MaskSpec())]
+    if run_config.mask.kind != "causal" or run_config.rope.kind != "default":
+        settings.append((f"{panel.rope} / {panel.mask}", run_config.rope, run_config.mask))
+    try:
+        with MANAGER.lock:
+            for label, rope_spec, mask_spec in settings:
+                curves[label] = token_nll(loaded.model, ids.to(loaded.device), rope_spec, mask_spec)
+    except HaystackError as exc:
+        raise gr.Error(str(exc)) from exc
+    return figures.nll_stream(curves)
+
+
+def preset_run(name, *values, progress=gr.Progress()):
+    """A phenomenon preset: the same probe under each of its settings."""
+    chosen = next(p for p in phenomena() if p["name"] == name)
+    results = []
+    for setting in chosen["settings"]:
+        run_config = Panel.of(values).config(max_new_tokens=16, rope=setting["rope"], mask=setting["mask"])
+        loaded = loaded_model(run_config, progress)
+        instance = build_probe(loaded.tokenizer, ProbeSpec(**chosen["probe"]), run_config.chat_template,
+                               max_tokens=max_prompt_tokens(loaded))
+        with MANAGER.lock:
+            *_, outcome = run_probe(loaded, instance, "generate", run_config)
+        results.append({"setting": setting["label"], "correct": outcome.score.correct, "answer": outcome.answer,
+                        "expected": list(instance.expected), "prompt_tokens": instance.prompt_tokens})
+    return {"preset": name, "description": chosen["description"], "results": results}
+
+
 def build(config: ConfigInputs) -> None:
     with gr.Tab("Context", id="context"):
         gr.Markdown("The RoPE and mask settings in the panel above apply to every probe and sweep. "
-                    "Here you can see what they do. " + " ".join(f"**{k}**: {v}." for k, v in DESCRIPTIONS.items()))
+                    "Here you can see what they do. "
+                    + " ".join(f"**{k}**: {v.description}." for k, v in entries("mask").items()))
         with gr.Row():
             picture_length = gr.Number(2048, precision=0, label="Mask picture: sequence length")
             stream_tokens = gr.Number(1500, precision=0, label="NLL stream: tokens of prose")
@@ -56,57 +116,6 @@ def build(config: ConfigInputs) -> None:
                                  label="Phenomenon preset")
             run_preset = gr.Button("Run the preset")
         preset_result = gr.JSON(label="Preset results")
-
-    def pictures(length, *values):
-        run_config = config_from_values(*values)
-        if length is None or not 16 <= int(length) <= 1_000_000:
-            raise gr.Error("The picture length must be between 16 and 1,000,000 tokens.")
-        rows, positions = mask_grid(run_config.mask, int(length))
-        base, dim, trained = 1e5, 64, 8192  # the embedded model's, unless a model is loaded
-        if MANAGER.loaded is not None:
-            model = MANAGER.loaded.model
-            original = current(model.config).original_rotary or model.model.rotary_emb
-            base = original.config.rope_parameters["rope_theta"]
-            dim, trained = original.inv_freq.shape[0] * 2, original.original_max_seq_len
-        curves = {"default": rope_curves(RopeSpec(), base, dim, trained)}
-        if run_config.rope.kind != "default":
-            curves[values[6] or "chosen"] = rope_curves(run_config.rope, base, dim, trained)
-        ratio, wave, decay = figures.rope_curves(curves, trained, run_config.rope.factor)
-        title = f"{run_config.mask.kind} mask, {int(length)} tokens (sampled {len(positions)}x{len(positions)})"
-        return figures.mask_picture(rows, positions, title), ratio, wave, decay
-
-    def nll(tokens, *values, progress=gr.Progress()):
-        run_config = config_from_values(*values)
-        loaded = loaded_model(run_config, progress)
-        if tokens is None or not 64 <= int(tokens) <= max_prompt_tokens(loaded):
-            raise gr.Error(f"The stream length must be between 64 and {max_prompt_tokens(loaded)} tokens.")
-        text = " ".join(prose_sentences()[:int(tokens)])
-        ids = encode(loaded.tokenizer, text)[:, :int(tokens)]
-        curves = {}
-        settings = [("plain causal, default RoPE", RopeSpec(), MaskSpec())]
-        if run_config.mask.kind != "causal" or run_config.rope.kind != "default":
-            settings.append((f"{values[6]} / {values[7]}", run_config.rope, run_config.mask))
-        try:
-            with MANAGER.lock:
-                for label, rope_spec, mask_spec in settings:
-                    curves[label] = token_nll(loaded.model, ids.to(loaded.device), rope_spec, mask_spec)
-        except HaystackError as exc:
-            raise gr.Error(str(exc)) from exc
-        return figures.nll_stream(curves)
-
-    def preset_run(name, *values, progress=gr.Progress()):
-        chosen = next(p for p in phenomena() if p["name"] == name)
-        results = []
-        for setting in chosen["settings"]:
-            run_config = config_from_values(*values[:5], 16, setting["rope"], setting["mask"], values[8])
-            loaded = loaded_model(run_config, progress)
-            instance = build_probe(loaded.tokenizer, ProbeSpec(**chosen["probe"]), run_config.chat_template,
-                                   max_tokens=max_prompt_tokens(loaded))
-            with MANAGER.lock:
-                *_, outcome = run_probe(loaded, instance, "generate", run_config)
-            results.append({"setting": setting["label"], "correct": outcome.score.correct, "answer": outcome.answer,
-                            "expected": list(instance.expected), "prompt_tokens": instance.prompt_tokens})
-        return {"preset": name, "description": chosen["description"], "results": results}
 
     values = config.all()
     draw.click(pictures, [picture_length, *values], [mask_plot, ratio_plot, wave_plot, decay_plot],

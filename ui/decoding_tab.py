@@ -4,13 +4,15 @@ knowledge-conflict set."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from functools import partial
 
 import gradio as gr
 
 from engines.config.errors import LabError
-from engines.config.specs import SpecError
+from engines.config.kinds import entries
+from engines.config.specs import DecodingSpec, SpecError
 from engines.decoding.generation import GenerationResult, format_prompt
-from engines.decoding.methods import DESCRIPTIONS, DecodingSpec
 from engines.model.loading import MANAGER
 from engines.probes.runner import ProbeOutcome, max_prompt_tokens, run_free, run_probe
 from engines.probes.tasks import ProbeSpec, build_probe, load_tasks
@@ -18,13 +20,7 @@ from engines.studies.conflicts import conflict_summary, load_conflicts, run_conf
 from services.run_log import log_generation, log_probe, session_for, write_run
 from storage.db import StorageError, Store
 from ui import figures
-from ui.model_panel import (
-    ConfigInputs,
-    config_from_values,
-    describe_loaded,
-    loaded_model,
-    said_to_user,
-)
+from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
 
 FREE_TEXT = "(free text: the context and question above)"
 DEFAULT_METHODS = "greedy\nbeam:num_beams=4\ncontrastive\ndola\ncad:alpha=1\nadacad"
@@ -79,12 +75,128 @@ def alternative_rows(method: str, details: dict) -> list[list]:
     return rows
 
 
+@dataclass
+class DecodingTab:
+    results: gr.Dataframe
+    token_plot: gr.Plot
+    alpha_plot: gr.Plot
+    alternatives: gr.Dataframe
+    cad_table: gr.Dataframe
+    prompt_box: gr.Textbox
+    conflict_plot: gr.Plot
+    conflict_table: gr.Dataframe
+    conflict_rows: gr.Dataframe
+    session: gr.State
+    status: gr.Markdown
+    store: Store | None
+
+
+def prompts_for(loaded, run_config, task, context, question, length, depth, seed):
+    """(probe instance or None, the prompt, the prompt without its context for free text)."""
+    if task == FREE_TEXT:
+        if not (question or "").strip():
+            raise gr.Error("Enter a question, or choose a haystack probe.")
+        template = run_config.chat_template
+        return (None, format_prompt(loaded.tokenizer, context or "", question.strip(), template),
+                format_prompt(loaded.tokenizer, "", question.strip(), template))
+    with said_to_user():
+        spec = ProbeSpec(task=task, length=int(length or 0), depth=float(depth or 0), seed=int(seed or 0))
+        instance = build_probe(loaded.tokenizer, spec, run_config.chat_template, None, max_prompt_tokens(loaded))
+    return instance, instance.prompt, None
+
+
+def log_run(log_to, session_id, run_config, loaded, item, context, question):
+    try:
+        if isinstance(item, ProbeOutcome):
+            return log_probe(log_to, session_id, run_config, loaded, item)
+        return log_generation(log_to, session_id, "probe", run_config, loaded,
+                              {"context": context, "question": question}, item)
+    except StorageError as exc:
+        gr.Warning(str(exc))
+        return None
+
+
+def alpha_figure(tokens: dict[str, list[dict]]):
+    shown = {label: t for label, t in tokens.items() if t and "alpha" in t[0]["extra"]}
+    return figures.cad_alpha(shown) if shown else None
+
+
+def compare(tab: DecodingTab, context, question, task, length, depth, seed, methods, state, *values,
+            progress=gr.Progress()):
+    """Each method on the same prompt in turn, streamed side by side, each run logged."""
+    base = Panel.of(values).config()
+    specs = parse_methods(methods)
+    loaded = loaded_model(base, progress)
+    instance, prompt, plain = prompts_for(loaded, base, task, context, question, length, depth, seed)
+    configs = [dataclasses.replace(base, decoding=spec, max_new_tokens=instance.max_new_tokens if instance
+                                   else base.max_new_tokens) for spec in specs]
+
+    def produce(model, should_stop):
+        for number, run_config in enumerate(configs):
+            items = (run_probe(model, instance, "generate", run_config, should_stop) if instance else
+                     run_free(model, prompt, run_config, should_stop, plain_prompt=plain))
+            for item in items:
+                yield number, item
+
+    rows = [[spec.label, "", None, 0, None, "waiting", None] for spec in specs]
+    tokens: dict[str, list[dict]] = {spec.label: [] for spec in specs}
+    cad, extra_rows = [], []
+    log_to, session_id, state = session_for(tab.store, state)
+    yield {tab.prompt_box: prompt, tab.results: rows, tab.session: state}
+    with said_to_user():
+        for number, item in MANAGER.stream(base.model, produce):
+            label, row = specs[number].label, rows[number]
+            if isinstance(item, (GenerationResult, ProbeOutcome)):
+                result = item.generation if isinstance(item, ProbeOutcome) else item
+                run_id = log_run(log_to, session_id, configs[number], loaded, item, context, question)
+                rows[number] = [label, result.text, item.score.correct if instance else None, result.new_tokens,
+                                result.seconds, result.finish, run_id]
+                cad += cad_rows(label, tokens[label])
+                extra_rows += alternative_rows(label, result.details)
+                yield {tab.results: rows, tab.token_plot: figures.decoding_tokens(tokens), tab.cad_table: cad,
+                       tab.alternatives: extra_rows, tab.alpha_plot: alpha_figure(tokens)}
+                continue
+            tokens[label].append(item.to_dict())
+            row[1], row[3], row[5] = row[1] + item.text, len(tokens[label]), "generating"
+            if len(tokens[label]) % 4 == 1:
+                yield {tab.results: rows, tab.token_plot: figures.decoding_tokens(tokens)}
+    yield {tab.results: rows, tab.token_plot: figures.decoding_tokens(tokens), tab.cad_table: cad,
+           tab.alternatives: extra_rows, tab.alpha_plot: alpha_figure(tokens), tab.prompt_box: prompt,
+           tab.status: describe_loaded()}
+
+
+def conflicts(tab: DecodingTab, methods, count, state, *values, progress=gr.Progress()):
+    """The listed methods over the knowledge-conflict set, with the share that follows the context."""
+    base = Panel.of(values).config()
+    specs = parse_methods(methods)
+    loaded_model(base, progress)
+    total, rows = len(specs) * int(count), []
+    log_to, session_id, state = session_for(tab.store, state)
+    events = MANAGER.stream(base.model, lambda model, should_stop: run_conflicts(
+        model, base, specs, should_stop, int(count)))
+    with said_to_user():
+        for row in events:
+            rows.append(row)
+            progress(len(rows) / total, desc=f"{len(rows)}/{total}: {row['method']}")
+            summary = conflict_summary(rows)
+            yield {tab.conflict_plot: figures.conflict_bars(summary),
+                   tab.conflict_table: as_rows(summary, SUMMARY_HEADERS),
+                   tab.conflict_rows: as_rows(rows, ANSWER_HEADERS), tab.session: state}
+    summary = conflict_summary(rows)
+    try:
+        write_run(log_to, session_id, "conflicts", base, MANAGER.loaded, {"methods": [s.to_dict() for s in specs],
+                  "items": int(count)}, {"conflict_summary": summary, "rows": rows}, None)
+    except LabError as exc:
+        gr.Warning(str(exc))
+
+
 def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
     task_names = [FREE_TEXT, *load_tasks()]
     with gr.Tab("Decoding", id="decoding"):
         gr.Markdown("The same prompt under several decoding methods, side by side (one per line, "
-                    "`METHOD[:key=value,...]`). Methods: " + "; ".join(
-                        f"**{name}** ({text})" for name, text in DESCRIPTIONS.items()) + ". Context-aware decoding "
+                    "`METHOD[:key=value,...]`). Methods: "
+                    + "; ".join(f"**{name}** ({method.description})" for name, method in entries("decoding").items())
+                    + ". Context-aware decoding "
                     "runs the prompt twice (with and without the context), so it costs two passes per token.")
         with gr.Row():
             with gr.Column(scale=3):
@@ -120,103 +232,14 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             conflict_table = gr.Dataframe(headers=SUMMARY_HEADERS, label="Per method", wrap=True)
             conflict_rows = gr.Dataframe(headers=ANSWER_HEADERS, label="Every answer", wrap=True)
 
-    def prompts_for(loaded, run_config, task_name, context_text, question_text, length_value, depth_value, seed_value):
-        if task_name == FREE_TEXT:
-            if not (question_text or "").strip():
-                raise gr.Error("Enter a question, or choose a haystack probe.")
-            template = run_config.chat_template
-            return (None, format_prompt(loaded.tokenizer, context_text or "", question_text.strip(), template),
-                    format_prompt(loaded.tokenizer, "", question_text.strip(), template))
-        with said_to_user():
-            spec = ProbeSpec(task=task_name, length=int(length_value or 0), depth=float(depth_value or 0),
-                             seed=int(seed_value or 0))
-            instance = build_probe(loaded.tokenizer, spec, run_config.chat_template, None, max_prompt_tokens(loaded))
-        return instance, instance.prompt, None
-
-    def compare(context_text, question_text, task_name, length_value, depth_value, seed_value, methods_text, state,
-                *values, progress=gr.Progress()):
-        base = config_from_values(*values)
-        specs = parse_methods(methods_text)
-        loaded = loaded_model(base, progress)
-        instance, prompt, plain = prompts_for(loaded, base, task_name, context_text, question_text, length_value,
-                                              depth_value, seed_value)
-        configs = [dataclasses.replace(base, decoding=spec, max_new_tokens=instance.max_new_tokens if instance
-                                       else base.max_new_tokens) for spec in specs]
-
-        def produce(model, should_stop):
-            for number, run_config in enumerate(configs):
-                items = (run_probe(model, instance, "generate", run_config, should_stop) if instance else
-                         run_free(model, prompt, run_config, should_stop, plain_prompt=plain))
-                for item in items:
-                    yield number, item
-
-        rows = [[spec.label, "", None, 0, None, "waiting", None] for spec in specs]
-        tokens: dict[str, list[dict]] = {spec.label: [] for spec in specs}
-        cad, extra_rows = [], []
-        log_to, session_id, state = session_for(store, state)
-        yield {prompt_box: prompt, results: rows, session: state}
-        with said_to_user():
-            for number, item in MANAGER.stream(base.model, produce):
-                label, row = specs[number].label, rows[number]
-                if isinstance(item, (GenerationResult, ProbeOutcome)):
-                    result = item.generation if isinstance(item, ProbeOutcome) else item
-                    run_id = log_run(log_to, session_id, configs[number], loaded, item, context_text, question_text)
-                    rows[number] = [label, result.text, item.score.correct if instance else None, result.new_tokens,
-                                    result.seconds, result.finish, run_id]
-                    cad += cad_rows(label, tokens[label])
-                    extra_rows += alternative_rows(label, result.details)
-                    yield {results: rows, token_plot: figures.decoding_tokens(tokens), cad_table: cad,
-                           alternatives: extra_rows, alpha_plot: alpha_figure(tokens)}
-                    continue
-                tokens[label].append(item.to_dict())
-                row[1], row[3], row[5] = row[1] + item.text, len(tokens[label]), "generating"
-                if len(tokens[label]) % 4 == 1:
-                    yield {results: rows, token_plot: figures.decoding_tokens(tokens)}
-        yield {results: rows, token_plot: figures.decoding_tokens(tokens), cad_table: cad, alternatives: extra_rows,
-               alpha_plot: alpha_figure(tokens), prompt_box: prompt, config.status: describe_loaded()}
-
-    def log_run(log_to, session_id, run_config, loaded, item, context_text, question_text):
-        try:
-            if isinstance(item, ProbeOutcome):
-                return log_probe(log_to, session_id, run_config, loaded, item)
-            return log_generation(log_to, session_id, "probe", run_config, loaded,
-                                  {"context": context_text, "question": question_text}, item)
-        except StorageError as exc:
-            gr.Warning(str(exc))
-            return None
-
-    def alpha_figure(tokens: dict[str, list[dict]]):
-        shown = {label: t for label, t in tokens.items() if t and "alpha" in t[0]["extra"]}
-        return figures.cad_alpha(shown) if shown else None
-
-    def conflicts(methods_text, count, state, *values, progress=gr.Progress()):
-        base = config_from_values(*values)
-        specs = parse_methods(methods_text)
-        loaded_model(base, progress)
-        total, rows = len(specs) * int(count), []
-        log_to, session_id, state = session_for(store, state)
-        events = MANAGER.stream(base.model, lambda model, should_stop: run_conflicts(
-            model, base, specs, should_stop, int(count)))
-        with said_to_user():
-            for row in events:
-                rows.append(row)
-                progress(len(rows) / total, desc=f"{len(rows)}/{total}: {row['method']}")
-                summary = conflict_summary(rows)
-                yield {conflict_plot: figures.conflict_bars(summary), conflict_table: as_rows(summary, SUMMARY_HEADERS),
-                       conflict_rows: as_rows(rows, ANSWER_HEADERS), session: state}
-        summary = conflict_summary(rows)
-        try:
-            write_run(log_to, session_id, "conflicts", base, MANAGER.loaded, {"methods": [s.to_dict() for s in specs],
-                      "items": int(count)}, {"conflict_summary": summary, "rows": rows}, None)
-        except LabError as exc:
-            gr.Warning(str(exc))
-
+    tab = DecodingTab(results, token_plot, alpha_plot, alternatives, cad_table, prompt_box, conflict_plot,
+                      conflict_table, conflict_rows, session, config.status, store)
     inputs = [context, question, task, length, depth, seed, methods, session, *config.all()]
-    event = run.click(compare, inputs, [results, token_plot, alpha_plot, alternatives, cad_table, prompt_box, session,
-                                        config.status], api_name="decode_compare", concurrency_id="model")
+    event = run.click(partial(compare, tab), inputs, [results, token_plot, alpha_plot, alternatives, cad_table,
+                                                       prompt_box, session, config.status],
+                      api_name="decode_compare", concurrency_id="model")
     stop.click(None, cancels=[event], api_name=False)
-    conflict_event = conflict_run.click(conflicts, [methods, limit, session, *config.all()],
+    conflict_event = conflict_run.click(partial(conflicts, tab), [methods, limit, session, *config.all()],
                                         [conflict_plot, conflict_table, conflict_rows, session],
                                         api_name="decode_conflicts", concurrency_id="model")
     conflict_stop.click(None, cancels=[conflict_event], api_name=False)
-

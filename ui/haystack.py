@@ -3,20 +3,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
+from functools import partial
 
 import gradio as gr
 
 from engines.attention.function import AttentionCapture
 from engines.attention.views import capture_views, question_positions, top_heads
+from engines.config.kinds import entries
 from engines.model.loading import MANAGER
-from engines.probes.haystack import SOURCES, HaystackError, read_upload
-from engines.probes.runner import SCORE_MODES, ProbeOutcome, masking_effect, max_prompt_tokens, run_probe
+from engines.probes.haystack import HaystackError, read_upload
+from engines.probes.runner import SCORE_MODES, masking_effect, max_prompt_tokens, run_probe
 from engines.probes.tasks import ProbeSpec, build_probe, get_task, load_tasks
+from services.run_flow import run_logged
 from services.run_log import log_probe, remember_upload, session_for, write_run
 from storage.db import StorageError, Store
-from ui import attention_panel, figures
+from ui import attention_panel
 from ui.figures import needle_strip
-from ui.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
+from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
+from ui.run_view import RunView, shown_views, streamed
 
 PRESET_HAYSTACK = "preset"
 
@@ -63,6 +68,89 @@ def summary_of(instance) -> dict:
             "needle_token_spans": instance.needle_token_spans}
 
 
+@dataclass
+class HaystackTab:
+    run: RunView
+    strip: gr.Plot
+    summary: gr.JSON
+    score: gr.JSON
+    prompt_box: gr.Textbox
+    status: gr.Markdown
+    session: gr.State
+    store: Store | None
+
+
+def make(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, values, progress):
+    """The run configuration (with the task's new-token budget), the loaded model and the built probe."""
+    run_config = Panel.of(values).config()
+    spec = probe_spec(task, length, depth, seed, haystack, params)
+    loaded = loaded_model(run_config, progress)
+    try:
+        upload_text = read_upload(upload) if upload else None
+        spec = remember_upload(tab.store, spec, upload_text)
+        instance = build_probe(loaded.tokenizer, spec, run_config.chat_template, upload_text, max_prompt_tokens(loaded))
+    except HaystackError as exc:
+        raise gr.Error(str(exc)) from exc
+    return dataclasses.replace(run_config, max_new_tokens=instance.max_new_tokens), loaded, instance
+
+
+def built(tab: HaystackTab, instance) -> dict:
+    return {tab.strip: needle_strip(list(instance.spans), instance.prompt_tokens), tab.summary: summary_of(instance),
+            tab.prompt_box: preview(instance)}
+
+
+def build_only(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, *values,
+               progress=gr.Progress()):
+    """Build the probe and show where its needles sit, without running the model."""
+    *_, instance = make(tab, task, length, depth, seed, haystack, params, upload, values, progress)
+    return built(tab, instance)
+
+
+def run(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, mode, capture_wanted, state, *values,
+        progress=gr.Progress()):
+    """Build the probe, stream its answer, score and log it."""
+    run_config, loaded, instance = make(tab, task, length, depth, seed, haystack, params, upload, values, progress)
+    shown = built(tab, instance)
+    yield shown | {tab.run.answer: "", tab.score: None}
+    spans = list(instance.spans)
+    capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt_tokens, instance.question)) \
+        if capture_wanted else None
+    log_to, session_id, state = session_for(tab.store, state)
+    flow = run_logged(
+        run_config.model, lambda model, should_stop: run_probe(model, instance, mode, run_config, should_stop,
+                                                               capture=capture),
+        (lambda: capture_views(capture, instance)) if capture else None,
+        lambda outcome, extra: log_probe(log_to, session_id, run_config, loaded, outcome, extra=extra))
+    with said_to_user():
+        finished = yield from streamed(tab.run, flow, capture, spans)
+    outcome, result = finished.result, finished.result.summary()
+    generated = [event.token_id for event in outcome.generation.tokens] if outcome.generation else []
+    shown |= shown_views(tab.run, finished, capture, loaded, instance.prompt, spans, run_config,
+                         instance.prompt_tokens, generated, instance.expected[0])
+    yield shown | {tab.run.answer: outcome.answer, tab.session: state, tab.status: describe_loaded(),
+                   tab.score: {k: result[k] for k in ("correct", "score", "expected", "scorer", "score_details")}
+                   | {"seconds": result.get("seconds"), "run_id": finished.run_id}}
+
+
+def mask_heads(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, captured, count, heads_seed,
+               state, *values, progress=gr.Progress()):
+    """Rerun the probe with the top retrieval heads masked, and with as many random heads masked."""
+    if not captured or not captured.get("retrieval"):
+        raise gr.Error("Run the probe with 'Capture attention' first (generate mode, with an answer copied "
+                       "from the haystack): the retrieval scores choose the heads.")
+    run_config, loaded, instance = make(tab, task, length, depth, seed, haystack, params, upload, values, progress)
+    top = top_heads(captured["retrieval"], int(count or 1))
+    with said_to_user(), MANAGER.lock:
+        rows = masking_effect(loaded, instance, run_config, top, int(heads_seed or 0))
+    log_to, session_id, state = session_for(tab.store, state)
+    try:
+        write_run(log_to, session_id, "head_masking", run_config, loaded,
+                  {"probe": instance.spec.to_dict(), "k": len(top)}, {"rows": rows}, instance.prompt)
+    except StorageError as exc:
+        gr.Warning(str(exc))
+    return [[r["setting"], r["answer"], r["correct"], r["gold_logprob"]] for r in rows], state
+
+
 def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
     names = list(load_tasks())
     with gr.Tab("Haystack", id="haystack"):
@@ -75,7 +163,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                     depth = gr.Slider(0, 100, value=50, step=1, label="Needle depth (%)")
                     seed = gr.Number(1, precision=0, label="Seed")
                 with gr.Row():
-                    haystack = gr.Dropdown([PRESET_HAYSTACK, *SOURCES, "upload"], value=PRESET_HAYSTACK,
+                    haystack = gr.Dropdown([PRESET_HAYSTACK, *entries("source")], value=PRESET_HAYSTACK,
                                            label="Haystack source")
                     mode = gr.Radio(list(SCORE_MODES), value="generate", label="Scoring",
                                     info="logprob: probability of the gold answer from one forward pass")
@@ -114,98 +202,15 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         with gr.Accordion("Prompt text (long contexts shortened in the middle)", open=False):
             prompt_box = gr.Textbox(lines=12, max_lines=30, interactive=False, show_label=False)
 
-    def make(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
-             *values, progress):
-        run_config = config_from_values(*values)
-        spec = probe_spec(task_name, length_value, depth_value, seed_value, haystack_name, params_json)
-        loaded = loaded_model(run_config, progress)
-        try:
-            upload_text = read_upload(upload_path) if upload_path else None
-            spec = remember_upload(store, spec, upload_text)
-            instance = build_probe(loaded.tokenizer, spec, run_config.chat_template, upload_text,
-                                   max_prompt_tokens(loaded))
-        except HaystackError as exc:
-            raise gr.Error(str(exc)) from exc
-        return dataclasses.replace(run_config, max_new_tokens=instance.max_new_tokens), loaded, instance
-
-    def build_only(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
-                   *values, progress=gr.Progress()):
-        *_, instance = make(task_name, length_value, depth_value, seed_value, haystack_name, params_json,
-                            upload_path, *values, progress=progress)
-        return {strip: needle_strip(list(instance.spans), instance.prompt_tokens), summary: summary_of(instance),
-                prompt_box: preview(instance)}
-
-    def run(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path, mode_name,
-            capture_wanted, state, *values, progress=gr.Progress()):
-        run_config, loaded, instance = make(
-            task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
-            *values, progress=progress)
-        shown = {strip: needle_strip(list(instance.spans), instance.prompt_tokens), summary: summary_of(instance),
-                 prompt_box: preview(instance)}
-        yield shown | {answer: "", score: None}
-        text = ""
-        capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt_tokens, instance.question)) \
-            if capture_wanted else None
-        with said_to_user():
-            for item in MANAGER.stream(run_config.model, lambda model_, should_stop: run_probe(
-                    model_, instance, mode_name, run_config, should_stop, capture=capture)):
-                if isinstance(item, ProbeOutcome):
-                    break
-                text += item.text
-                yield {answer: text} | attention_panel.live_profile(capture, item.index, list(instance.spans),
-                                                                   profile_plot)
-        views = capture_views(capture, instance) if capture is not None else None
-        log_to, session_id, state = session_for(store, state)
-        try:
-            run_id = log_probe(log_to, session_id, run_config, loaded, item,
-                               extra={"attention": views} if views else None)
-        except StorageError as exc:
-            gr.Warning(str(exc))
-            run_id = None
-        result = item.summary()
-        if views:
-            shown |= {profile_plot: gr.Plot(figures.attention_profile(views["profile"], list(instance.spans)),
-                                            visible=True),
-                      mass_plot: gr.Plot(figures.layer_head_map(views["needle_mass"]), visible=True),
-                      position_plot: gr.Plot(figures.layer_position_map(views["layer_position"], instance.prompt_tokens),
-                                             visible=True),
-                      segment_plot: gr.Plot(figures.segment_bars(views["segments"]), visible=True)}
-            generated = [event.token_id for event in item.generation.tokens] if item.generation else []
-            shown |= attention_panel.shown_after_run(panel, attention_panel.captured_state(
-                capture, loaded, instance.prompt, list(instance.spans), run_config, generated, instance.expected[0]))
-        yield shown | {answer: item.answer, session: state, config.status: describe_loaded(),
-               score: {k: result[k] for k in ("correct", "score", "expected", "scorer", "score_details")}
-               | {"seconds": result.get("seconds"), "run_id": run_id}}
-
+    tab = HaystackTab(RunView(answer, profile_plot, position_plot, panel, mass_plot, segment_plot), strip, summary,
+                      score, prompt_box, config.status, session, store)
     task.change(task_help, task, [help_text, params], api_name=False)
     common = [task, length, depth, seed, haystack, params, upload]
-    build_button.click(build_only, [*common, *config.all()], [strip, summary, prompt_box],
+    build_button.click(partial(build_only, tab), [*common, *config.all()], [strip, summary, prompt_box],
                        api_name="haystack_build", concurrency_id="model")
-    event = run_button.click(run, [*common, mode, capture_on, session, *config.all()],
-                             [strip, summary, prompt_box, answer, score, session, config.status, profile_plot,
-                              mass_plot, position_plot, segment_plot, panel.state, panel.layer, panel.head,
-                              panel.retrieval_plot],
+    event = run_button.click(partial(run, tab), [*common, mode, capture_on, session, *config.all()],
+                             [strip, summary, prompt_box, answer, score, session, config.status, *tab.run.plots()],
                              api_name="haystack_run", concurrency_id="model")
     cancel.click(None, cancels=[event], api_name=False)
-
-    def mask_heads(task_name, length_value, depth_value, seed_value, haystack_name, params_json, upload_path,
-                   captured, count, seed_value_heads, state, *values, progress=gr.Progress()):
-        if not captured or not captured.get("retrieval"):
-            raise gr.Error("Run the probe with 'Capture attention' first (generate mode, with an answer copied "
-                           "from the haystack): the retrieval scores choose the heads.")
-        run_config, loaded, instance = make(task_name, length_value, depth_value, seed_value, haystack_name,
-                                            params_json, upload_path, *values, progress=progress)
-        top = top_heads(captured["retrieval"], int(count or 1))
-        k = len(top)
-        with said_to_user(), MANAGER.lock:
-            rows = masking_effect(loaded, instance, run_config, top, int(seed_value_heads or 0))
-        log_to, session_id, state = session_for(store, state)
-        try:
-            write_run(log_to, session_id, "head_masking", run_config, loaded,
-                      {"probe": instance.spec.to_dict(), "k": k}, {"rows": rows}, instance.prompt)
-        except StorageError as exc:
-            gr.Warning(str(exc))
-        return [[r["setting"], r["answer"], r["correct"], r["gold_logprob"]] for r in rows], state
-
-    mask_button.click(mask_heads, [*common, panel.state, top_k, mask_seed, session, *config.all()],
+    mask_button.click(partial(mask_heads, tab), [*common, panel.state, top_k, mask_seed, session, *config.all()],
                       [mask_table, session], api_name="haystack_mask_heads", concurrency_id="model")

@@ -1,25 +1,35 @@
 """The shared configuration panel: model, quantization, dtype, chat template, budget, RoPE, mask, decoding.
 
-Every tab reads the same inputs and turns them into one `RunConfig` with `config_from_values`.
+Every tab passes the panel's inputs (`ConfigInputs.all()`) after its own; a handler reads them by
+name with `Panel.of(values)` and turns them into one `RunConfig` with `Panel.config()`.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import gradio as gr
 
 from engines.config.errors import LabError
-from engines.config.specs import DTYPES, EMBEDDED_MODEL, QUANT_4BIT_TYPES, QUANTS, ModelSpec, RunConfig, SpecError
-from engines.context.masks import MaskSpec
-from engines.context.rope import RopeSpec
-from engines.decoding.methods import DecodingSpec
+from engines.config.specs import (
+    DTYPES,
+    EMBEDDED_MODEL,
+    QUANT_4BIT_TYPES,
+    QUANTS,
+    DecodingSpec,
+    MaskSpec,
+    ModelSpec,
+    RopeSpec,
+    RunConfig,
+    SpecError,
+)
 from engines.model.loading import MANAGER, ModelError, cpu_supports_bf16
 
 
 @dataclass
 class ConfigInputs:
-    """The panel's components, in the order `config_from_values` takes their values."""
+    """The panel's components; `all()` is the one place that orders them (as `Panel`'s fields)."""
 
     model: gr.Dropdown
     quant: gr.Radio
@@ -37,18 +47,39 @@ class ConfigInputs:
                 self.max_new_tokens, self.rope, self.mask, self.decoding]
 
 
-def config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope="default",
-                       mask="causal", decoding="greedy") -> RunConfig:
-    """The RunConfig for the panel's values; a bad value becomes a gr.Error saying what to change."""
-    try:
-        if max_new_tokens is None or float(max_new_tokens) != int(max_new_tokens):
-            raise SpecError("Max new tokens must be a whole number from 1 to 4096.")
-        spec = ModelSpec(model=(model or "").strip(), quant=quant, quant_4bit_type=quant_4bit_type, dtype=dtype)
-        return RunConfig(model=spec, chat_template=bool(chat_template), max_new_tokens=int(max_new_tokens),
-                         rope=RopeSpec.parse(rope or "default"), mask=MaskSpec.parse(mask or "causal"),
-                         decoding=DecodingSpec.parse(decoding or "greedy"))
-    except (SpecError, ValueError, TypeError) as exc:
-        raise gr.Error(str(exc)) from exc
+class Panel(NamedTuple):
+    """The panel's values by name, as a handler receives them."""
+
+    model: str
+    quant: str
+    quant_4bit_type: str
+    dtype: str
+    chat_template: bool
+    max_new_tokens: float
+    rope: str = "default"
+    mask: str = "causal"
+    decoding: str = "greedy"
+
+    @classmethod
+    def of(cls, values) -> Panel:
+        """`values`: the panel's inputs as gradio passes them (after the tab's own), in `ConfigInputs.all()` order."""
+        return cls(*values)
+
+    def config(self, **changes) -> RunConfig:
+        """The RunConfig for these values with `changes` (by field name); a bad value becomes a gr.Error
+        saying what to change."""
+        panel = self._replace(**changes)
+        try:
+            if panel.max_new_tokens is None or float(panel.max_new_tokens) != int(panel.max_new_tokens):
+                raise SpecError("Max new tokens must be a whole number from 1 to 4096.")
+            spec = ModelSpec(model=(panel.model or "").strip(), quant=panel.quant,
+                             quant_4bit_type=panel.quant_4bit_type, dtype=panel.dtype)
+            return RunConfig(model=spec, chat_template=bool(panel.chat_template),
+                             max_new_tokens=int(panel.max_new_tokens), rope=RopeSpec.parse(panel.rope or "default"),
+                             mask=MaskSpec.parse(panel.mask or "causal"),
+                             decoding=DecodingSpec.parse(panel.decoding or "greedy"))
+        except (SpecError, ValueError, TypeError) as exc:
+            raise gr.Error(str(exc)) from exc
 
 
 @contextmanager
@@ -81,8 +112,8 @@ def describe_loaded() -> str:
 
 def load(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding,
          progress=gr.Progress()) -> str:
-    loaded_model(config_from_values(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask,
-                                    decoding), progress)
+    loaded_model(Panel(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask,
+                       decoding).config(), progress)
     return describe_loaded()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -47,6 +48,74 @@ def unavailable() -> None:
                     "`CONTEXT_LAB_DATABASE_URL` to a database) and restart the lab.", elem_id="sessions-unavailable")
 
 
+def open_run(store: Store, rid):
+    """A stored run's record, prompt and plots, re-rendered from the stored data."""
+    run = store.get_run((rid or "").strip())
+    if run is None:
+        raise gr.Error(f"No run with id '{rid}'. Pick one from the table.")
+    figs = figures.run_figures(run)
+    shown = {k: v for k, v in run.items() if k != "prompt"}
+    return [shown, run["prompt"] or ""] + [gr.Plot(figs[i], visible=True) if i < len(figs) else
+                                           gr.Plot(None, visible=False) for i in range(PLOTS)]
+
+
+def pick(store: Store, rows, evt: gr.SelectData):
+    rid = rows.iloc[evt.index[0]]["id"] if hasattr(rows, "iloc") else rows[evt.index[0]][0]
+    return [rid] + open_run(store, rid)
+
+
+def do_replay(store: Store, rid, progress=gr.Progress()):
+    try:
+        return replay(store, (rid or "").strip(), lambda f, m: progress(f, desc=m))
+    except StorageError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def do_rename(store: Store, session_id, name):
+    if not session_id:
+        raise gr.Error("Choose a session to rename first.")
+    try:
+        store.rename_session(session_id, name or "")
+    except StorageError as exc:
+        raise gr.Error(str(exc)) from exc
+    return gr.Dropdown(choices=session_choices(store), value=session_id)
+
+
+def do_export(store: Store, session_id):
+    if not session_id:
+        raise gr.Error("Choose a session to export first.")
+    data = export_session(store, session_id)
+    path = Path(tempfile.mkdtemp()) / f"context-lab-session-{session_id}.json"
+    path.write_text(json.dumps(data, ensure_ascii=False))
+    return str(path)
+
+
+def do_import(store: Store, path):
+    if not path:
+        raise gr.Error("Choose a session file to import first.")
+    try:
+        new_id = import_session(store, Path(path).read_bytes())
+    except StorageError as exc:
+        raise gr.Error(str(exc)) from exc
+    return gr.Dropdown(choices=session_choices(store), value=new_id), f"Imported as session `{new_id}`."
+
+
+def set_logging(on, state):
+    return dict(state or {"id": None, "log": True}) | {"log": bool(on)}
+
+
+def deep_link(store: Store, request: gr.Request):
+    """On page load: fresh session list and runs; ?run=ID opens a run, ?session=ID a session."""
+    params = dict(request.query_params) if request else {}
+    session_id = params.get("session") if params.get("session") and store.get_session(params["session"]) else ""
+    run = store.get_run(params["run"]) if params.get("run") else None
+    opened = open_run(store, run["id"]) if run else [gr.skip()] * (2 + PLOTS)
+    selected = gr.Tabs(selected="sessions") if run or session_id else gr.skip()
+    return [selected, gr.Dropdown(choices=session_choices(store), value=session_id),
+            run["id"] if run else gr.skip(), *opened,
+            run_rows(store, session_id, "all", "", "", "", "", False)]
+
+
 def build(store: Store, session: gr.State, tabs: gr.Tabs):
     """Render the tab; returns the page-load handler for deep links and its outputs."""
     with gr.Tab("Sessions", id="sessions"):
@@ -81,78 +150,24 @@ def build(store: Store, session: gr.State, tabs: gr.Tabs):
         message = gr.Markdown()
 
     filters = [chosen, kind, model, task, since, min_score, cells]
-
-    def list_runs(session_id, kind_, model_, task_, since_, min_score_, cells_):
-        return run_rows(store, session_id, kind_, model_, task_, since_, min_score_, cells_)
-
-    def open_run(rid):
-        run = store.get_run((rid or "").strip())
-        if run is None:
-            raise gr.Error(f"No run with id '{rid}'. Pick one from the table.")
-        figs = figures.run_figures(run)
-        shown = {k: v for k, v in run.items() if k != "prompt"}
-        return [shown, run["prompt"] or ""] + [gr.Plot(figs[i], visible=True) if i < len(figs) else
-                                               gr.Plot(None, visible=False) for i in range(PLOTS)]
-
-    def pick(rows, evt: gr.SelectData):
-        rid = rows.iloc[evt.index[0]]["id"] if hasattr(rows, "iloc") else rows[evt.index[0]][0]
-        return [rid] + open_run(rid)
-
-    def do_replay(rid, progress=gr.Progress()):
-        try:
-            return replay(store, (rid or "").strip(), lambda f, m: progress(f, desc=m))
-        except StorageError as exc:
-            raise gr.Error(str(exc)) from exc
-
-    def do_rename(session_id, name):
-        if not session_id:
-            raise gr.Error("Choose a session to rename first.")
-        try:
-            store.rename_session(session_id, name or "")
-        except StorageError as exc:
-            raise gr.Error(str(exc)) from exc
-        return gr.Dropdown(choices=session_choices(store), value=session_id)
-
-    def do_export(session_id):
-        if not session_id:
-            raise gr.Error("Choose a session to export first.")
-        data = export_session(store, session_id)
-        path = Path(tempfile.mkdtemp()) / f"context-lab-session-{session_id}.json"
-        path.write_text(json.dumps(data, ensure_ascii=False))
-        return str(path)
-
-    def do_import(path):
-        if not path:
-            raise gr.Error("Choose a session file to import first.")
-        try:
-            new_id = import_session(store, Path(path).read_bytes())
-        except StorageError as exc:
-            raise gr.Error(str(exc)) from exc
-        return gr.Dropdown(choices=session_choices(store), value=new_id), f"Imported as session `{new_id}`."
-
-    def set_logging(on, state):
-        return dict(state or {"id": None, "log": True}) | {"log": bool(on)}
-
-    def deep_link(request: gr.Request):
-        """On page load: fresh session list and runs; ?run=ID opens a run, ?session=ID a session."""
-        params = dict(request.query_params) if request else {}
-        session_id = params.get("session") if params.get("session") and store.get_session(params["session"]) else ""
-        run = store.get_run(params["run"]) if params.get("run") else None
-        opened = open_run(run["id"]) if run else [gr.skip()] * (2 + PLOTS)
-        selected = gr.Tabs(selected="sessions") if run or session_id else gr.skip()
-        return [selected, gr.Dropdown(choices=session_choices(store), value=session_id),
-                run["id"] if run else gr.skip(), *opened,
-                run_rows(store, session_id, "all", "", "", "", "", False)]
-
     for control in filters:
-        control.change(list_runs, filters, runs, api_name=False)
+        control.change(partial(run_rows, store), filters, runs, api_name=False)
     refresh.click(lambda: gr.Dropdown(choices=session_choices(store)), None, chosen, api_name=False).then(
-        list_runs, filters, runs, api_name=False)
-    gr.on([open_button.click, run_id.submit], open_run, run_id, [run_json, prompt, *plots], api_name="open_run")
-    runs.select(pick, runs, [run_id, run_json, prompt, *plots], api_name=False)
-    replay_button.click(do_replay, run_id, replay_result, api_name="replay", concurrency_id="model")
-    rename.click(do_rename, [chosen, new_name], chosen, api_name="rename_session")
-    export_button.click(do_export, chosen, exported, api_name="export_session")
-    import_button.click(do_import, to_import, [chosen, message], api_name="import_session")
+        partial(run_rows, store), filters, runs, api_name=False)
+    gr.on([open_button.click, run_id.submit], partial(open_run, store), run_id, [run_json, prompt, *plots],
+          api_name="open_run")
+
+    def on_pick(rows, evt: gr.SelectData):  # gradio finds the event data by this annotation
+        return pick(store, rows, evt)
+
+    runs.select(on_pick, runs, [run_id, run_json, prompt, *plots], api_name=False)
+    replay_button.click(partial(do_replay, store), run_id, replay_result, api_name="replay", concurrency_id="model")
+    rename.click(partial(do_rename, store), [chosen, new_name], chosen, api_name="rename_session")
+    export_button.click(partial(do_export, store), chosen, exported, api_name="export_session")
+    import_button.click(partial(do_import, store), to_import, [chosen, message], api_name="import_session")
     logging_on.change(set_logging, [logging_on, session], session, api_name=False)
-    return deep_link, [tabs, chosen, run_id, run_json, prompt, *plots, runs]
+
+    def on_load(request: gr.Request):  # gradio finds the request by this annotation (not through a partial)
+        return deep_link(store, request)
+
+    return on_load, [tabs, chosen, run_id, run_json, prompt, *plots, runs]

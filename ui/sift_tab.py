@@ -2,6 +2,9 @@
 stage by stage, and the mini benchmark of grade-school word problems against the plain answer."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
+
 import gradio as gr
 
 from engines.model.loading import MANAGER
@@ -18,7 +21,7 @@ from engines.studies.sift import (
 from services.run_log import session_for, write_run
 from storage.db import StorageError, Store
 from ui import figures
-from ui.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
+from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
 
 STAGE_HEADERS = ["#", "stage", "step", "answer", "agrees", "prompt tokens", "new tokens", "seconds"]
 BENCHMARK_HEADERS = ["item", "gold", "baseline_answer", "baseline_correct", "sift_answer", "sift_correct",
@@ -48,6 +51,89 @@ def log(store, state, kind, config, inputs, outputs) -> tuple[str | None, dict]:
     except StorageError as exc:
         gr.Warning(str(exc))
         return None, state
+
+
+@dataclass
+class SiftTab:
+    answer: gr.Textbox
+    timeline: gr.Plot
+    stages_table: gr.Dataframe
+    sticker_card: gr.Textbox
+    attention_plot: gr.Plot
+    stages_state: gr.State
+    picked: gr.Dropdown
+    bench_summary: gr.JSON
+    bench_plot: gr.Plot
+    bench_rows: gr.Dataframe
+    session: gr.State
+    status: gr.Markdown
+    store: Store | None
+
+
+def sift(tab: SiftTab, context, question, budget, attention_wanted, state, *values, progress=gr.Progress()):
+    """The pipeline stage by stage, then the Sticker attention (when asked) and the logged run."""
+    run_config = Panel.of(values).config()
+    if not (question or "").strip():
+        raise gr.Error("Enter a problem or a question for SIFT to work on.")
+    query = query_of(context, question)
+    loaded = loaded_model(run_config, progress)
+    stages: list[dict] = []
+    events = MANAGER.stream(run_config.model, lambda model, should_stop: run_sift(
+        model, query, run_config, int(budget), should_stop))
+    result = None
+    with said_to_user():
+        for item in events:
+            if isinstance(item, SiftResult):
+                result = item
+                break
+            stages.append(item.to_dict())
+            yield {tab.timeline: figures.sift_timeline(stages), tab.stages_table: stage_rows(stages),
+                   tab.sticker_card: latest_sticker(stages), tab.answer: f"working: {item.stage}, {item.step}"}
+    if result is None:
+        return
+    attention = None
+    if attention_wanted and latest_sticker(stages):
+        with said_to_user(), MANAGER.lock:
+            attention = sticker_attention(loaded, run_config, query, latest_sticker(stages))
+    outputs = result.to_dict() | ({"sticker_attention": attention} if attention else {})
+    run_id, state = log(tab.store, state, "sift", run_config,
+                        {"context": context, "question": question, "budget": int(budget)}, outputs)
+    yield {tab.answer: f"{result.answer} (resolved at: {result.resolved_at}; query alone said "
+                       f"{result.baseline_answer}; {result.tokens} tokens, {result.seconds:.1f} s; run {run_id})",
+           tab.timeline: figures.sift_timeline(stages, result.resolved_at), tab.stages_table: stage_rows(stages),
+           tab.stages_state: stages, tab.picked: gr.Dropdown(stage_choices(stages), value=None), tab.session: state,
+           tab.sticker_card: latest_sticker(stages),
+           tab.attention_plot: figures.sticker_attention_bars(attention) if attention else None,
+           tab.status: describe_loaded()}
+
+
+def show_stage(choice, stages):
+    if not choice:
+        return "", ""
+    stage = stages[int(choice.split(".")[0]) - 1]
+    return stage["prompt"], stage["output"]
+
+
+def benchmark(tab: SiftTab, count, budget, state, *values, progress=gr.Progress()):
+    """SIFT against the problem alone over the mini benchmark, problem by problem."""
+    run_config = Panel.of(values).config()
+    loaded_model(run_config, progress)
+    total, rows = int(count), []
+    events = MANAGER.stream(run_config.model, lambda model, should_stop: run_benchmark(
+        model, run_config, total, int(budget), should_stop))
+    with said_to_user():
+        for row in events:
+            rows.append(row)
+            progress(len(rows) / total, desc=f"problem {len(rows)}/{total}")
+            summary = benchmark_summary(rows)
+            yield {tab.bench_summary: summary, tab.bench_plot: figures.sift_benchmark_bars(summary),
+                   tab.bench_rows: [[row[h] for h in BENCHMARK_HEADERS] for row in rows]}
+    summary = benchmark_summary(rows)
+    run_id, state = log(tab.store, state, "sift_benchmark", run_config, {"limit": total, "budget": int(budget)},
+                        {"summary": summary, "rows": rows})
+    yield {tab.bench_summary: summary | {"run_id": run_id}, tab.session: state,
+           tab.bench_plot: figures.sift_benchmark_bars(summary),
+           tab.bench_rows: [[row[h] for h in BENCHMARK_HEADERS] for row in rows]}
 
 
 def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
@@ -93,72 +179,14 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             bench_plot = gr.Plot(label="Accuracy and stage shares")
             bench_rows = gr.Dataframe(headers=BENCHMARK_HEADERS, label="Every problem", wrap=True)
 
-    def sift(context_text, question_text, budget_value, attention_wanted, state, *values, progress=gr.Progress()):
-        run_config = config_from_values(*values)
-        if not (question_text or "").strip():
-            raise gr.Error("Enter a problem or a question for SIFT to work on.")
-        query = query_of(context_text, question_text)
-        loaded = loaded_model(run_config, progress)
-        stages: list[dict] = []
-        events = MANAGER.stream(run_config.model, lambda model, should_stop: run_sift(
-            model, query, run_config, int(budget_value), should_stop))
-        result = None
-        with said_to_user():
-            for item in events:
-                if isinstance(item, SiftResult):
-                    result = item
-                    break
-                stages.append(item.to_dict())
-                yield {timeline: figures.sift_timeline(stages), stages_table: stage_rows(stages),
-                       sticker_card: latest_sticker(stages), answer: f"working: {item.stage}, {item.step}"}
-        if result is None:
-            return
-        attention = None
-        if attention_wanted and latest_sticker(stages):
-            with said_to_user(), MANAGER.lock:
-                attention = sticker_attention(loaded, run_config, query, latest_sticker(stages))
-        outputs = result.to_dict() | ({"sticker_attention": attention} if attention else {})
-        run_id, state = log(store, state, "sift", run_config, {"context": context_text, "question": question_text,
-                                                               "budget": int(budget_value)}, outputs)
-        yield {answer: f"{result.answer} (resolved at: {result.resolved_at}; query alone said "
-                       f"{result.baseline_answer}; {result.tokens} tokens, {result.seconds:.1f} s; run {run_id})",
-               timeline: figures.sift_timeline(stages, result.resolved_at), stages_table: stage_rows(stages),
-               stages_state: stages, picked: gr.Dropdown(stage_choices(stages), value=None), session: state,
-               sticker_card: latest_sticker(stages),
-               attention_plot: figures.sticker_attention_bars(attention) if attention else None,
-               config.status: describe_loaded()}
-
-    def show_stage(choice, stages):
-        if not choice:
-            return "", ""
-        stage = stages[int(choice.split(".")[0]) - 1]
-        return stage["prompt"], stage["output"]
-
-    def benchmark(count, budget_value, state, *values, progress=gr.Progress()):
-        run_config = config_from_values(*values)
-        loaded_model(run_config, progress)
-        total, rows = int(count), []
-        events = MANAGER.stream(run_config.model, lambda model, should_stop: run_benchmark(
-            model, run_config, total, int(budget_value), should_stop))
-        with said_to_user():
-            for row in events:
-                rows.append(row)
-                progress(len(rows) / total, desc=f"problem {len(rows)}/{total}")
-                summary = benchmark_summary(rows)
-                yield {bench_summary: summary, bench_plot: figures.sift_benchmark_bars(summary),
-                       bench_rows: [[row[h] for h in BENCHMARK_HEADERS] for row in rows]}
-        summary = benchmark_summary(rows)
-        run_id, state = log(store, state, "sift_benchmark", run_config, {"limit": total, "budget": int(budget_value)},
-                            {"summary": summary, "rows": rows})
-        yield {bench_summary: summary | {"run_id": run_id}, session: state, bench_plot: figures.sift_benchmark_bars(
-            summary), bench_rows: [[row[h] for h in BENCHMARK_HEADERS] for row in rows]}
-
-    event = run.click(sift, [context, question, budget, attention_on, session, *config.all()],
+    tab = SiftTab(answer, timeline, stages_table, sticker_card, attention_plot, stages_state, picked, bench_summary,
+                  bench_plot, bench_rows, session, config.status, store)
+    event = run.click(partial(sift, tab), [context, question, budget, attention_on, session, *config.all()],
                       [answer, timeline, stages_table, sticker_card, attention_plot, stages_state, picked, session,
                        config.status], api_name="sift", concurrency_id="model")
     stop.click(None, cancels=[event], api_name=False)
     picked.change(show_stage, [picked, stages_state], [picked_prompt, picked_output], api_name="sift_stage")
-    bench_event = bench_run.click(benchmark, [limit, budget, session, *config.all()],
+    bench_event = bench_run.click(partial(benchmark, tab), [limit, budget, session, *config.all()],
                                   [bench_summary, bench_plot, bench_rows, session], api_name="sift_benchmark",
                                   concurrency_id="model")
     bench_stop.click(None, cancels=[bench_event], api_name=False)

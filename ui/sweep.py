@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
 
 import gradio as gr
 
 from engines.attention.function import AttentionCapture
 from engines.attention.views import capture_views, question_positions
 from engines.config.errors import LabError
-from engines.config.specs import DTYPES, EMBEDDED_MODEL, QUANTS, ModelSpec, RunConfig, SpecError
-from engines.decoding.methods import DecodingSpec
+from engines.config.kinds import entries
+from engines.config.specs import DTYPES, EMBEDDED_MODEL, QUANTS, DecodingSpec, ModelSpec, RunConfig, SpecError
 from engines.model.loading import MANAGER
-from engines.probes.haystack import SOURCES, HaystackError, read_upload
+from engines.probes.haystack import HaystackError, read_upload
 from engines.probes.runner import SCORE_MODES, run_probe
 from engines.probes.tasks import load_tasks
 from engines.studies.sweeps import DEPTH_SPACINGS, SweepSpec, depth_grid
@@ -23,9 +26,11 @@ from services.sweep_jobs import SweepJob, estimate, open_job, parse_list, run_jo
 from storage.db import Store
 from ui import figures
 from ui.haystack import PRESET_HAYSTACK
-from ui.model_panel import ConfigInputs, config_from_values, describe_loaded, loaded_model, said_to_user
+from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
 
 TABLE_COLUMNS = ["length", "depth", "seed", "correct", "score", "answer", "prompt_tokens", "key"]
+
+
 def sweep_spec(task, lengths, depth_count, spacing, seeds, mode, haystack, params_json,
                needle_attention=False) -> SweepSpec:
     try:
@@ -85,6 +90,140 @@ def table(jobs: list[SweepJob]) -> list[list]:
             for i, job in enumerate(jobs) for r in sorted(job.rows, key=lambda r: (r["length"], r["depth"], r["seed"]))]
 
 
+class Grid(NamedTuple):
+    """The tab's grid and A/B inputs by name, as a handler receives them."""
+
+    task: str
+    lengths: str
+    depth_count: float
+    spacing: str
+    seeds: str
+    mode: str
+    haystack: str
+    params: str
+    needle_attention: bool
+    upload: str | None
+    compare: bool
+    b_model: str
+    b_quant: str
+    b_dtype: str
+    b_template: bool
+    b_decoding: str
+
+
+@dataclass
+class SweepTab:
+    status: gr.Markdown
+    cells: gr.Dataframe
+    figures: dict  # plot name in `plots` -> its component
+    sweep_ids: gr.State
+    session: gr.State
+    model_status: gr.Markdown
+    store: Store | None
+
+
+def stream(tab: SweepTab, jobs: list[SweepJob], log_to: Store | None, limit, progress: gr.Progress):
+    """Run the jobs cell by cell, redrawing the table and plots after each cell."""
+    value = "correct" if jobs[0].spec.mode == "generate" else "score"
+    limit = limit or None  # 0 or empty: the relative rule
+    started, done_now = time.perf_counter(), 0
+    total = sum(job.total for job in jobs)
+
+    def shown() -> dict:
+        return {tab.status: status_line(jobs, started, done_now, None), tab.cells: table(jobs),
+                **{tab.figures[k]: fig for k, fig in plots(jobs, value, limit).items()}}
+
+    try:
+        for job in jobs:
+            for _ in run_job(job, log_to):
+                done_now += 1
+                progress((sum(len(j.rows) for j in jobs), total), desc="cells")
+                yield shown()
+    except LabError as exc:
+        raise gr.Error(str(exc)) from exc
+    yield shown() | {tab.sweep_ids: [job.sweep_id for job in jobs], tab.model_status: describe_loaded()}
+
+
+def make_jobs(log_to: Store | None, grid: Grid, state, values) -> tuple[dict, Store | None, list[SweepJob]]:
+    """Sweep A (and B when compared) opened in the run log; nothing is recorded when `log_to` is None."""
+    spec = sweep_spec(grid.task, grid.lengths, grid.depth_count, grid.spacing, grid.seeds, grid.mode, grid.haystack,
+                      grid.params, grid.needle_attention)
+    a = Panel.of(values).config(max_new_tokens=load_tasks()[grid.task].max_new_tokens)  # the task's own budget
+    configs = [a] + ([b_config(a, grid.b_model, grid.b_quant, grid.b_dtype, grid.b_template, grid.b_decoding)]
+                     if grid.compare else [])
+    try:
+        upload_text = read_upload(grid.upload) if grid.upload else None
+        log_to, session_id, state = session_for(log_to, state)
+        return state, log_to, [open_job(log_to, session_id, c, spec, upload_text=upload_text,
+                                        label=f"{grid.task} {'AB'[i]}") for i, c in enumerate(configs)]
+    except LabError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def estimate_time(task, lengths, depth_count, spacing, seeds, mode, haystack, params, needle_attention, upload,
+                  compare, b_model, b_quant, b_dtype, b_template, b_decoding, state, *values, progress=gr.Progress()):
+    """The estimated time of the grid, from a short calibration on the loaded model."""
+    grid = Grid(task, lengths, depth_count, spacing, seeds, mode, haystack, params, needle_attention, upload,
+                compare, b_model, b_quant, b_dtype, b_template, b_decoding)
+    *_, jobs = make_jobs(None, grid, state, values)
+    try:
+        figures_ = [estimate(job, lambda f, m: progress(f, desc=m)) for job in jobs]
+    except LabError as exc:
+        raise gr.Error(str(exc)) from exc
+    seconds = sum(f["seconds"] for f in figures_)
+    plain = sum(f["seconds_without_sharing"] for f in figures_)
+    return (f"**Estimate:** {sum(f['cells'] for f in figures_)} cells, about **{seconds:.0f} s** "
+            f"({plain:.0f} s without prefix sharing), from a calibration run on this machine.")
+
+
+def run(tab: SweepTab, task, lengths, depth_count, spacing, seeds, mode, haystack, params, needle_attention, upload,
+        compare, b_model, b_quant, b_dtype, b_template, b_decoding, state, threshold, *values,
+        progress=gr.Progress()):
+    """Open the sweep (A, and B when compared) in the run log and run it."""
+    grid = Grid(task, lengths, depth_count, spacing, seeds, mode, haystack, params, needle_attention, upload,
+                compare, b_model, b_quant, b_dtype, b_template, b_decoding)
+    state, log_to, jobs = make_jobs(tab.store, grid, state, values)
+    yield {tab.session: state, tab.status: status_line(jobs, time.perf_counter(), 0, None)}
+    yield from stream(tab, jobs, log_to, threshold, progress)
+
+
+def resume(tab: SweepTab, sweep_id, threshold, progress=gr.Progress()):
+    """Continue a stopped sweep from its saved cells."""
+    try:
+        job = open_job(tab.store, "", resume_id=(sweep_id or "").strip())
+    except LabError as exc:
+        raise gr.Error(str(exc)) from exc
+    yield from stream(tab, [job], tab.store, threshold, progress)
+
+
+def show_cell(store: Store | None, ids, rows, evt: gr.SelectData):
+    """The clicked cell's stored record and prompt."""
+    row = rows.iloc[evt.index[0]].to_dict() if hasattr(rows, "iloc") else rows[evt.index[0]]
+    job_id = ids[0 if row.get("config", "A") == "A" else 1] if ids else None
+    stored = next((r for r in store.sweep_cells(job_id) if r["cell"] == row["key"]), None) if store and job_id else None
+    if stored is None:
+        return row, ""
+    return stored["outputs"]["row"] | {"run_id": stored["id"]}, store.get_run(stored["id"])["prompt"]
+
+
+def cell_attention(store: Store | None, cell: dict | None, progress=gr.Progress()):
+    """Rerun the chosen (logged) cell with attention capture and show its views."""
+    run_record = store.get_run(cell["run_id"]) if store and cell and cell.get("run_id") else None
+    if run_record is None:
+        raise gr.Error("Click a cell of a logged sweep in the table first (its run id appears in Cell).")
+    run_config = RunConfig.from_dict(run_record["config"])
+    loaded = loaded_model(run_config, progress)
+    with said_to_user():
+        instance = stored_probe(store, run_record, loaded, run_config)
+        capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt_tokens, instance.question))
+        with MANAGER.lock:
+            *_, outcome = run_probe(loaded, instance, run_record["inputs"]["mode"], run_config, capture=capture)
+    views = capture_views(capture, instance)
+    title = f"{instance.spec.length} tokens, depth {instance.spec.depth:g}%, answer {outcome.answer!r}"
+    return (figures.attention_profile(views["profile"], list(instance.spans), title=f"Attention ({title})"),
+            figures.layer_head_map(views["needle_mass"]))
+
+
 def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
     with gr.Tab("Sweep", id="sweep"):
         with gr.Row():
@@ -95,7 +234,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             seeds = gr.Textbox("1", label="Seeds")
         with gr.Row():
             mode = gr.Radio(list(SCORE_MODES), value="generate", label="Scoring")
-            haystack = gr.Dropdown([PRESET_HAYSTACK, *SOURCES, "upload"], value=PRESET_HAYSTACK, label="Haystack")
+            haystack = gr.Dropdown([PRESET_HAYSTACK, *entries("source")], value=PRESET_HAYSTACK, label="Haystack")
             upload = gr.File(label="Haystack file (.txt/.md)", file_types=[".txt", ".md"], type="filepath")
             params = gr.Code("{}", language="json", lines=2, label="Builder settings (JSON)")
             needle_attention = gr.Checkbox(False, label="Needle attention per cell",
@@ -137,113 +276,23 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 cell_mass = gr.Plot(label="Layer x head mass on the needle (this cell)")
         sweep_ids = gr.State([])
 
-    outputs = {"heat_a": heat_a, "heat_b": heat_b, "diff": diff, "curve": curve, "length": length_plot,
-               "mass": mass_plot}
-
-    def stream(jobs: list[SweepJob], log_to: Store | None, value: str, limit, estimated: float | None,
-               progress: gr.Progress):
-        limit = limit or None  # 0 or empty: the relative rule
-        started, done_now = time.perf_counter(), 0
-        total = sum(job.total for job in jobs)
-        for job in jobs:
-            for _ in run_job(job, log_to):
-                done_now += 1
-                progress((sum(len(j.rows) for j in jobs), total), desc="cells")
-                yield {status: status_line(jobs, started, done_now, estimated), cells: table(jobs),
-                       **{outputs[k]: fig for k, fig in plots(jobs, value, limit).items()}}
-        yield {status: status_line(jobs, started, done_now, estimated), cells: table(jobs),
-               sweep_ids: [job.sweep_id for job in jobs], config.status: describe_loaded(),
-               **{outputs[k]: fig for k, fig in plots(jobs, value, limit).items()}}
-
-    def make_jobs(log_to, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                  params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, bdec, state, *values):
-        spec = sweep_spec(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                          params_json, attention_wanted)
-        budget = load_tasks()[task_name].max_new_tokens  # each task sets its own new-token budget
-        a = config_from_values(*values[:5], budget, *values[6:])
-        configs = [a] + ([b_config(a, bm, bq, bd, bt, bdec)] if use_b else [])
-        try:
-            upload_text = read_upload(upload_path) if upload_path else None
-            log_to, session_id, state = session_for(log_to, state)
-            return state, log_to, [open_job(log_to, session_id, c, spec, upload_text=upload_text,
-                                            label=f"{task_name} {'AB'[i]}") for i, c in enumerate(configs)]
-        except LabError as exc:
-            raise gr.Error(str(exc)) from exc
-
-    def estimate_time(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                      params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, bdec, state, *values,
-                      progress=gr.Progress()):
-        *_, jobs = make_jobs(None, task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name,
-                            params_json, attention_wanted, upload_path, use_b, bm, bq, bd, bt, bdec, state,
-                            *values)  # nothing is recorded
-        try:
-            figures_ = [estimate(job, lambda f, m: progress(f, desc=m)) for job in jobs]
-        except LabError as exc:
-            raise gr.Error(str(exc)) from exc
-        seconds = sum(f["seconds"] for f in figures_)
-        plain = sum(f["seconds_without_sharing"] for f in figures_)
-        return (f"**Estimate:** {sum(f['cells'] for f in figures_)} cells, about **{seconds:.0f} s** "
-                f"({plain:.0f} s without prefix sharing), from a calibration run on this machine.")
-
-    def run(task_name, length_text, count, spacing_name, seed_text, mode_name, haystack_name, params_json,
-            attention_wanted, upload_path, use_b, bm, bq, bd, bt, bdec, state, limit, *values,
-            progress=gr.Progress()):
-        state, log_to, jobs = make_jobs(store, task_name, length_text, count, spacing_name, seed_text, mode_name,
-                                        haystack_name, params_json, attention_wanted, upload_path, use_b, bm, bq,
-                                        bd, bt, bdec, state,
-                                        *values)
-        yield {session: state, status: status_line(jobs, time.perf_counter(), 0, None)}
-        try:
-            yield from stream(jobs, log_to, "correct" if jobs[0].spec.mode == "generate" else "score", limit, None,
-                              progress)
-        except LabError as exc:
-            raise gr.Error(str(exc)) from exc
-
-    def resume(sweep_id, limit, progress=gr.Progress()):
-        try:
-            job = open_job(store, "", resume_id=(sweep_id or "").strip())
-        except LabError as exc:
-            raise gr.Error(str(exc)) from exc
-        yield from stream([job], store, "correct" if job.spec.mode == "generate" else "score", limit, None, progress)
-
-    def show_cell(ids, rows, evt: gr.SelectData):
-        row = rows.iloc[evt.index[0]].to_dict() if hasattr(rows, "iloc") else rows[evt.index[0]]
-        job_id = ids[0 if row.get("config", "A") == "A" else 1] if ids else None
-        stored = next((r for r in store.sweep_cells(job_id) if r["cell"] == row["key"]), None) if store and job_id else None
-        if stored is None:
-            return row, ""
-        run = store.get_run(stored["id"])
-        return stored["outputs"]["row"] | {"run_id": stored["id"]}, run["prompt"]
-
+    tab = SweepTab(status, cells, {"heat_a": heat_a, "heat_b": heat_b, "diff": diff, "curve": curve,
+                                   "length": length_plot, "mass": mass_plot}, sweep_ids, session, config.status, store)
     grid_inputs = [task, lengths, depth_count, spacing, seeds, mode, haystack, params, needle_attention, upload,
                    compare, b_model, b_quant, b_dtype, b_template, b_decoding, session]
     all_outputs = [status, cells, heat_a, heat_b, diff, curve, length_plot, mass_plot, sweep_ids, session,
                    config.status]
     estimate_button.click(estimate_time, [*grid_inputs, *config.all()], status, api_name="sweep_estimate",
                           concurrency_id="model")
-    event = run_button.click(run, [*grid_inputs, threshold, *config.all()], all_outputs, api_name="sweep_run",
-                             concurrency_id="model")
-    resumed = resume_button.click(resume, [resume_id, threshold], all_outputs, api_name="sweep_resume",
+    event = run_button.click(partial(run, tab), [*grid_inputs, threshold, *config.all()], all_outputs,
+                             api_name="sweep_run", concurrency_id="model")
+    resumed = resume_button.click(partial(resume, tab), [resume_id, threshold], all_outputs, api_name="sweep_resume",
                                   concurrency_id="model")
     cancel.click(None, cancels=[event, resumed], api_name=False)
-    cells.select(show_cell, [sweep_ids, cells], [detail, detail_prompt], api_name=False)
 
-    def cell_attention(cell: dict | None, progress=gr.Progress()):
-        """Rerun the chosen (logged) cell with attention capture and show its views."""
-        run = store.get_run(cell["run_id"]) if store and cell and cell.get("run_id") else None
-        if run is None:
-            raise gr.Error("Click a cell of a logged sweep in the table first (its run id appears in Cell).")
-        run_config = RunConfig.from_dict(run["config"])
-        loaded = loaded_model(run_config, progress)
-        with said_to_user():
-            instance = stored_probe(store, run, loaded, run_config)
-            capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt_tokens, instance.question))
-            with MANAGER.lock:
-                *_, outcome = run_probe(loaded, instance, run["inputs"]["mode"], run_config, capture=capture)
-        views = capture_views(capture, instance)
-        title = f"{instance.spec.length} tokens, depth {instance.spec.depth:g}%, answer {outcome.answer!r}"
-        return (figures.attention_profile(views["profile"], list(instance.spans), title=f"Attention ({title})"),
-                figures.layer_head_map(views["needle_mass"]))
+    def on_pick(ids, rows, evt: gr.SelectData):  # gradio finds the event data by this annotation
+        return show_cell(store, ids, rows, evt)
 
-    cell_button.click(cell_attention, detail, [cell_profile, cell_mass], api_name="sweep_cell_attention",
-                      concurrency_id="model")
+    cells.select(on_pick, [sweep_ids, cells], [detail, detail_prompt], api_name=False)
+    cell_button.click(partial(cell_attention, store), detail, [cell_profile, cell_mass],
+                      api_name="sweep_cell_attention", concurrency_id="model")

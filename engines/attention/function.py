@@ -85,27 +85,25 @@ def two_branch_attention(module, query, key, value, scaling):
     rotating the query (and, for Lambda, un-rotating the keys). Shapes as in prefix_chunk_attention;
     absolute positions are the cache indices."""
     rule = current(module.config).rule
-    spec, inv_freq = rule.spec, rule.inv_freq
     q_len, kv_len = query.shape[2], key.shape[2]
     q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
     k_pos = torch.arange(kv_len, device=query.device)
-    window = spec.get("n_local") if spec.kind == "lambda" else spec.get("window")
-    first = {"sinks": "n_sink", "lambda": "n_global"}.get(spec.kind)
+    window = rule.kind.window(rule.spec)
     parts = [_window_attention(query, key, value, q_pos, window, scaling)]
-    count = min(spec.get(first), kv_len) if first else 0
+    count = min(rule.kind.far_keys(rule.spec), kv_len)
     far = (q_pos[:, None] - k_pos[None, :count] >= window)
     if count and bool(far.any()):
-        if spec.kind == "sinks" and not spec.get("reindex"):  # sinks at their true distance
-            q_far, k_far = query, key[:, :, :count]
-        elif spec.kind == "sinks":  # the cache holds sinks then window: the query sits at n_sink + window - 1
-            q_far = rotate(query, q_pos.clamp(max=count + window - 1) - q_pos, inv_freq)
-            k_far = key[:, :, :count]
-        else:  # global keys unrotated, the query at d_max
-            d_max = spec.get("d_max") or spec.get("n_local")
-            q_far = rotate(query, d_max - q_pos, inv_freq)
-            k_far = rotate(key[:, :, :count], -k_pos[:count], inv_freq)
+        q_far, k_far = far_queries_and_keys(rule, query, key, q_pos, k_pos, count, window)
         parts.append(_attend(q_far, k_far, value[:, :, :count], far, scaling))
     return merge_by_lse(parts)
+
+
+def far_queries_and_keys(rule, query, key, q_pos, k_pos, count, window):
+    """Queries and the first `count` keys rotated as the mask kind says they meet beyond the window."""
+    q_delta, k_delta = rule.kind.far_rotation(rule.spec, q_pos, k_pos, count, window)
+    q_far = query if q_delta is None else rotate(query, q_delta, rule.inv_freq)
+    k_far = key[:, :, :count] if k_delta is None else rotate(key[:, :, :count], k_delta, rule.inv_freq)
+    return q_far, k_far
 
 
 class AttentionCapture:
@@ -179,23 +177,13 @@ def attention_rows(module, query, key, rows, q_pos, k_pos, scaling, attention_ma
     scores = q @ key.float().transpose(-1, -2) * scaling
     positions = q_pos[rows]
     rule = current(module.config).rule
-    if rule is not None and rule.visibility is None:
-        spec = rule.spec
-        window = spec.get("n_local") if spec.kind == "lambda" else spec.get("window")
+    if rule is not None and rule.kind.blockwise:
+        window = rule.kind.window(rule.spec)
         seen = (k_pos[None, :] <= positions[:, None]) & (positions[:, None] - k_pos[None, :] < window)
-        first = {"sinks": "n_sink", "lambda": "n_global"}.get(spec.kind)
-        count = min(spec.get(first), key.shape[2]) if first else 0
+        count = min(rule.kind.far_keys(rule.spec), key.shape[2])
         if count:
             far = (positions[:, None] - k_pos[None, :count]) >= window
-            if spec.kind == "sinks" and spec.get("reindex"):
-                q_far = rotate(query[:, :, rows], positions.clamp(max=count + window - 1) - positions, rule.inv_freq)
-                k_far = key[:, :, :count]
-            elif spec.kind == "lambda":
-                d_max = spec.get("d_max") or spec.get("n_local")
-                q_far = rotate(query[:, :, rows], d_max - positions, rule.inv_freq)
-                k_far = rotate(key[:, :, :count], -k_pos[:count], rule.inv_freq)
-            else:
-                q_far, k_far = query[:, :, rows], key[:, :, :count]
+            q_far, k_far = far_queries_and_keys(rule, query[:, :, rows], key, positions, k_pos, count, window)
             far_scores = q_far.float() @ k_far.float().transpose(-1, -2) * scaling
             scores[..., :count] = torch.where(far, far_scores, scores[..., :count])
             seen = seen.clone()
@@ -239,7 +227,7 @@ def uniform_heads(out: torch.Tensor, value: torch.Tensor, heads: list[int], grou
 def _lab_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs):
     q_len, kv_len = query.shape[2], key.shape[2]
     rule = current(module.config).rule
-    if rule is not None and rule.visibility is None and query.device.type == "cpu":
+    if rule is not None and rule.kind.blockwise and query.device.type == "cpu":
         groups = getattr(module, "num_key_value_groups", 1)
         out = two_branch_attention(module, query, repeat_kv(key, groups), repeat_kv(value, groups), scaling)
         return out.transpose(1, 2).contiguous(), None
@@ -256,7 +244,7 @@ def lab_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_func
              allow_is_causal_skip=True, **kwargs):
     """transformers' sdpa mask, unless the model carries a lab mask rule: then a bool mask from it."""
     rule = current(config).rule
-    if rule is None or rule.visibility is None:
+    if rule is None or rule.kind.blockwise:
         return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
                          kv_offset=kv_offset, mask_function=mask_function, config=config,
                          allow_is_causal_skip=allow_is_causal_skip, **kwargs)

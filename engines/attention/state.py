@@ -14,10 +14,11 @@ import torch
 
 @dataclass(frozen=True)
 class MaskRule:
-    """The mask in use: its spec, the bool visibility function for masks that need a dense mask (None
-    for window masks, which run blockwise), and the rotary module whose live frequencies re-rotate far keys."""
+    """The mask in use: its spec and kind, the bool visibility function (for kinds that are not run
+    blockwise), and the rotary module whose live frequencies re-rotate far keys."""
 
-    spec: Any  # engines.context.masks.MaskSpec
+    spec: Any  # engines.config.specs.MaskSpec
+    kind: Any  # engines.context.masks.MaskKind
     visibility: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
     rotary: torch.nn.Module
 

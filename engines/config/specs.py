@@ -1,15 +1,18 @@
-"""Frozen, serialisable specs shared by engines, components and storage.
+"""Frozen, serialisable specs shared by engines, the UI, the CLI and storage (no torch here).
 
-A `RunConfig` is everything that shapes a run (model, quantization, dtype, chat template,
-generation budget); it is passed whole to the engines and logged whole with every run.
+A `RunConfig` is everything that shapes a run (model, quantization, dtype, chat template, generation
+budget, RoPE kind, attention mask, decoding method); it is passed whole to the engines and logged whole
+with every run. RoPE, mask and decoding each name a registered kind (engines/config/kinds.py) with its
+settings, written `KIND[:key=value,...]`.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from engines.config.errors import SpecError
+from engines.config.kinds import Kind, Setting, lookup, parse_kind
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 QUANTS = ("none", "8bit", "4bit")
@@ -61,6 +64,137 @@ class ModelSpec:
         return _from_dict(cls, data)
 
 
+class KindSpec:
+    """What RopeSpec, MaskSpec and DecodingSpec share: a registered kind and its typed settings (only
+    those given are stored, so a logged setting reads as the user wrote it)."""
+
+    family: ClassVar[str]
+    name_field: ClassVar[str] = "kind"
+
+    @property
+    def name(self) -> str:
+        return getattr(self, self.name_field)
+
+    @property
+    def entry(self) -> Kind:
+        return lookup(self.family, self.name)
+
+    def _check(self) -> None:
+        object.__setattr__(self, "params", self.entry.typed(self.params))
+
+    def get(self, key: str) -> Any:
+        """The setting's value: as given, else the kind's default."""
+        return self.params[key] if key in self.params else self.entry.setting(key).default
+
+    def _label(self, lead: str = "") -> str:
+        shown = [lead] if lead else []
+        for key, value in self.params.items():
+            text = "/".join(f"{v:g}" for v in value) if isinstance(value, list) else (
+                f"{value:g}" if isinstance(value, float) else value)
+            shown.append(f"{key}={text}")
+        return self.name + (":" + ",".join(shown) if shown else "")
+
+
+FACTOR = Setting("factor", "float", 1.0, "the scale s: how many times the trained length to reach", 0.0, 64.0)
+
+
+@dataclass(frozen=True)
+class RopeSpec(KindSpec):
+    """A RoPE setting: kind, factor s and the kind's own settings ('yarn:2,beta_fast=16')."""
+
+    family: ClassVar[str] = "rope"
+    kind: str = "default"
+    factor: float = 1.0
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        factor = FACTOR.read(self.factor, "RoPE")
+        if factor <= 0:
+            raise SpecError(f"RoPE factor {self.factor} is out of range: give a number above 0 and at most 64.")
+        object.__setattr__(self, "factor", factor)
+        self._check()
+
+    @property
+    def label(self) -> str:
+        return self._label(f"{self.factor:g}" if self.factor != 1 else "")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "factor": self.factor, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RopeSpec:
+        return cls(data.get("kind", "default"), data.get("factor", 1.0), dict(data.get("params", {})))
+
+    @classmethod
+    def parse(cls, text: str | None) -> RopeSpec:
+        kind, params = parse_kind(text, "rope", "default", lead="factor")
+        return cls(kind, params.pop("factor", 1.0), params)
+
+
+@dataclass(frozen=True)
+class MaskSpec(KindSpec):
+    """An attention mask: kind and settings ('sinks:n_sink=4,window=1024')."""
+
+    family: ClassVar[str] = "mask"
+    kind: str = "causal"
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._check()
+
+    @property
+    def shares_positions(self) -> bool:
+        return self.entry.shares_positions(self)
+
+    @property
+    def looks_ahead(self) -> bool:
+        """Earlier tokens see later ones: a cached prefix cannot be reused across prompts."""
+        return self.entry.looks_ahead
+
+    @property
+    def label(self) -> str:
+        return self._label()
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MaskSpec:
+        return cls(data.get("kind", "causal"), dict(data.get("params", {})))
+
+    @classmethod
+    def parse(cls, text: str | None) -> MaskSpec:
+        return cls(*parse_kind(text, "mask", "causal"))
+
+
+@dataclass(frozen=True)
+class DecodingSpec(KindSpec):
+    """A decoding method and its settings ('beam:num_beams=4')."""
+
+    family: ClassVar[str] = "decoding"
+    name_field: ClassVar[str] = "method"
+    method: str = "greedy"
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._check()
+
+    @property
+    def label(self) -> str:
+        return self._label()
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DecodingSpec:
+        return cls(data.get("method", "greedy"), dict(data.get("params", {})))
+
+    @classmethod
+    def parse(cls, text: str | None) -> DecodingSpec:
+        return cls(*parse_kind(text, "decoding", "greedy"))
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The one configuration every tab shares: model, RoPE, mask, decoding method, and how the prompt is fed."""
@@ -68,15 +202,11 @@ class RunConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     chat_template: bool = True
     max_new_tokens: int = 32
-    rope: Any = None  # engines.context.rope.RopeSpec; None means the model's own RoPE
-    mask: Any = None  # engines.context.masks.MaskSpec; None means plain causal
-    decoding: Any = None  # engines.decoding.methods.DecodingSpec; None means greedy
+    rope: RopeSpec | None = None  # None: the model's own RoPE
+    mask: MaskSpec | None = None  # None: plain causal
+    decoding: DecodingSpec | None = None  # None: greedy
 
     def __post_init__(self):
-        from engines.context.masks import MaskSpec
-        from engines.context.rope import RopeSpec
-        from engines.decoding.methods import DecodingSpec
-
         if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 4096:
             raise SpecError("Max new tokens must be a whole number from 1 to 4096.")
         object.__setattr__(self, "rope", self.rope or RopeSpec())
@@ -89,11 +219,7 @@ class RunConfig:
                 "decoding": self.decoding.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        from engines.context.masks import MaskSpec
-        from engines.context.rope import RopeSpec
-        from engines.decoding.methods import DecodingSpec
-
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         data = dict(data)
         data["model"] = ModelSpec.from_dict(data.get("model", {}))
         data["rope"] = RopeSpec.from_dict(data.get("rope") or {})

@@ -12,11 +12,11 @@ from contextlib import contextmanager
 import torch
 
 from engines.attention.state import MaskRule, RunState
-from engines.context.masks import NEEDS_DOCUMENTS, MaskSpec, segment_ids, shared_positions, visible
-from engines.context.rope import RopeSpec, rotary_for
-from engines.probes.haystack import HaystackError
-
-WINDOW_MASKS = ("sliding_window", "sinks", "lambda")  # run blockwise, with no dense mask
+from engines.config.errors import HaystackError
+from engines.config.kinds import lookup
+from engines.config.specs import MaskSpec, RopeSpec
+from engines.context.masks import segment_ids, shared_positions, visible
+from engines.context.rope import rotary_for
 
 
 def mask_rule(mask: MaskSpec, rotary: torch.nn.Module, spans: list[dict] | None,
@@ -25,16 +25,17 @@ def mask_rule(mask: MaskSpec, rotary: torch.nn.Module, spans: list[dict] | None,
     positions (else None)."""
     if mask.kind == "causal":
         return None, None
+    kind = lookup("mask", mask.kind)
     segments = None
-    if mask.kind in NEEDS_DOCUMENTS:
+    if kind.needs_documents:
         segments = segment_ids(prompt_tokens, spans or [])
         if not bool((segments >= 0).any()):
             raise HaystackError(f"The '{mask.kind}' mask needs a prompt made of documents: use a multi-document "
                                 "task such as litm_qa in the Haystack or Sweep tab.")
-    visibility = None if mask.kind in WINDOW_MASKS else (
+    visibility = None if kind.blockwise else (
         lambda q, k: visible(mask, q, k, None if segments is None else segments.to(q.device)))
     positions = shared_positions(segments) if mask.shares_positions else None
-    return MaskRule(mask, visibility, rotary), positions
+    return MaskRule(mask, kind, visibility, rotary), positions
 
 
 @contextmanager
@@ -67,7 +68,7 @@ def run_state(model, rope: RopeSpec, mask: MaskSpec, spans: list[dict] | None = 
 def mask_grid(mask: MaskSpec, length: int, spans: list[dict] | None = None, points: int = 128) -> tuple[list, list]:
     """The mask sampled on a points x points grid of positions (a downsampled picture)."""
     positions = torch.linspace(0, length - 1, min(points, length)).round().long()
-    segments = segment_ids(length, spans) if mask.kind in NEEDS_DOCUMENTS and spans else None
+    segments = segment_ids(length, spans) if lookup("mask", mask.kind).needs_documents and spans else None
     rows = visible(mask, positions[:, None], positions[None, :], segments)
     return rows.tolist(), positions.tolist()
 

@@ -148,6 +148,25 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return count
 
 
+def jsd(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
+    """Jensen-Shannon divergence (natural log, 0..ln 2) between two distributions given as logits."""
+    p, q = torch.softmax(p_logits.float(), -1), torch.softmax(q_logits.float(), -1)
+    m = (0.5 * (p + q)).clamp_min(1e-30).log()
+    kl = lambda a: (a * (a.clamp_min(1e-30).log() - m)).sum()  # noqa: E731
+    return float(0.5 * kl(p) + 0.5 * kl(q))
+
+
+def repetition_penalized(scores: torch.Tensor, ids: list[int], penalty: float) -> torch.Tensor:
+    """Scores of tokens already in `ids` pushed down: divided by `penalty` when positive, times it when not."""
+    if penalty == 1.0:
+        return scores
+    scores = scores.clone()
+    seen = torch.tensor(sorted(set(ids)), device=scores.device)
+    picked = scores[seen]
+    scores[seen] = torch.where(picked < 0, picked * penalty, picked / penalty)
+    return scores
+
+
 def pick_greedy(logits: torch.Tensor, outputs, ids: list[int]) -> tuple[int, torch.Tensor, dict]:
     """The chooser of greedy decoding: the most probable token, shown with the model's own logits."""
     return int(logits.argmax()), logits, {}

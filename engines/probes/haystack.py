@@ -16,10 +16,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from engines.config.errors import HaystackError
+from engines.config.kinds import lookup
 from engines.config.paths import ASSETS
 
-NOISE_SENTENCES = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
-                   "There and back again.")
 UPLOAD_MAX_BYTES = 5 * 2**20
 UPLOAD_SUFFIXES = (".txt", ".md")
 
@@ -60,7 +59,7 @@ class Source:
     numbered: bool = False  # documents: render "Document [n]" in final order
 
 
-def _sentences(text: str) -> list[str]:
+def sentences_of(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if 20 <= len(s.strip()) <= 400]
 
 
@@ -78,25 +77,16 @@ def prose_sentences() -> tuple[str, ...]:
                 paragraphs.append(" ".join(line.strip() for line in lines))
     for essay in sorted((ASSETS / "essays").glob("*.txt")):
         paragraphs.extend(essay.read_text().split("\n\n")[1:])
-    sentences = tuple(s for p in paragraphs for s in _sentences(" ".join(p.split()))
+    sentences = tuple(s for p in paragraphs for s in sentences_of(" ".join(p.split()))
                       if sum(ch.isalpha() for ch in s) > 0.7 * len(s))
     return sentences
 
 
-def _cycle_from(items: tuple[str, ...], rng: random.Random) -> Iterator[str]:
+def cycle_from(items: tuple[str, ...], rng: random.Random) -> Iterator[str]:
     start = rng.randrange(len(items))
     while True:
         for i in range(len(items)):
             yield items[(start + i) % len(items)]
-
-
-def _noise(rng: random.Random) -> Iterator[str]:
-    while True:
-        yield from NOISE_SENTENCES
-
-
-def _prose(rng: random.Random) -> Iterator[str]:
-    return _cycle_from(prose_sentences(), rng)
 
 
 def random_uuid(rng: random.Random) -> str:
@@ -105,11 +95,6 @@ def random_uuid(rng: random.Random) -> str:
 
 def kv_pair(key: str, value: str) -> str:
     return f"{json.dumps(key)}: {json.dumps(value)}"
-
-
-def _kv(rng: random.Random) -> Iterator[str]:
-    while True:
-        yield kv_pair(random_uuid(rng), random_uuid(rng))
 
 
 @lru_cache(maxsize=1)
@@ -122,43 +107,9 @@ def document(title: str, text: str) -> str:
     return f"(Title: {title}) {text}"
 
 
-def _documents(rng: random.Random) -> Iterator[str]:
-    """Distractor documents: the asset set first (shuffled), then Python reference topics."""
-    import pydoc_data.topics
-
-    docs = [document(d["title"], d["text"]) for d in multidoc_set()["documents"]]
-    rng.shuffle(docs)
-    yield from docs
-    topics = sorted(pydoc_data.topics.topics)
-    sentences = prose_sentences()
-    for i in _cycle_from(tuple(range(len(topics))), rng):
-        body = " ".join(sentences[(i * 7 + k) % len(sentences)] for k in range(3))
-        yield document(f"Python reference: {topics[i]}", body)
-
-
-def upload_source(text: str) -> Source:
-    sentences = tuple(_sentences(" ".join(text.split()))) or tuple(line for line in text.splitlines() if line.strip())
-    if not sentences:
-        raise HaystackError("The uploaded text has no sentences to build a haystack from; upload prose.")
-    return Source("upload", lambda rng: _cycle_from(sentences, rng))
-
-
-SOURCES: dict[str, Source] = {
-    "noise": Source("noise", _noise),
-    "prose": Source("prose", _prose),
-    "kv": Source("kv", _kv, separator=",\n", opening="{\n", closing="\n}"),
-    "documents": Source("documents", _documents, separator="\n\n", numbered=True),
-}
-
-
 def source(name: str, upload_text: str | None = None) -> Source:
-    if name == "upload":
-        if not upload_text:
-            raise HaystackError("The 'upload' haystack needs a .txt or .md file: upload one first.")
-        return upload_source(upload_text)
-    if name not in SOURCES:
-        raise HaystackError(f"Unknown haystack '{name}'. Known haystacks: {', '.join([*SOURCES, 'upload'])}.")
-    return SOURCES[name]
+    """The haystack source `name` (a registered kind of the "source" family; 'upload' needs the text)."""
+    return lookup("source", name).source(upload_text)
 
 
 def read_upload(path: str | Path) -> str:

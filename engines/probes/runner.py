@@ -10,12 +10,13 @@ import psutil
 import torch
 
 from engines.attention.function import AttentionCapture, HeadMapCapture
+from engines.config.kinds import entries
 from engines.config.specs import RunConfig, SpecError
 from engines.context.run import run_state
+from engines.decoding.decode import decode
 from engines.decoding.generation import GenerationResult, PrefixCache, TokenEvent, encode, format_prompt
-from engines.decoding.methods import CAPTURE_METHODS, decode
 from engines.model.loading import LoadedModel
-from engines.probes.scoring import Score, score
+from engines.probes.scorers import Score, score
 from engines.probes.tasks import ProbeInstance
 
 SCORE_MODES = ("generate", "logprob")
@@ -139,8 +140,9 @@ def run_probe(loaded: LoadedModel, instance: ProbeInstance, mode: str = "generat
 
 
 def check_capture(config: RunConfig) -> None:
-    if config.decoding.method not in CAPTURE_METHODS:
-        raise SpecError(f"Attention capture follows one sequence: use {', '.join(CAPTURE_METHODS)} decoding, "
+    if not config.decoding.entry.supports_capture:
+        methods = [name for name, method in entries("decoding").items() if method.supports_capture]
+        raise SpecError(f"Attention capture follows one sequence: use {', '.join(methods)} decoding, "
                         f"or switch capture off for {config.decoding.method}.")
 
 

@@ -12,8 +12,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
+from engines.config.kinds import Kind, Setting, entries, lookup, register
 from engines.decoding.generation import format_prompt
 from engines.probes.haystack import (
     ASSETS,
@@ -28,22 +29,28 @@ from engines.probes.haystack import (
     render,
     source,
 )
-from engines.probes.scoring import SCORERS
 
 LENGTH_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
-class TaskSpec:
-    """A preset: which builder makes the needles, on which haystack, asked and scored how."""
+class TaskSpec(Kind):
+    """A preset (registered as a kind of the "task" family): which builder makes the needles, on which
+    haystack, asked and scored how. Its settings are the builder's, with the preset's values as defaults."""
 
-    name: str
-    builder: str
-    haystack: str
-    scorer: str
-    description: str
+    family: ClassVar[str] = "task"
+    name: str = field()  # field(): the Kind base's class defaults are not this dataclass's defaults
+    builder: str = field()
+    haystack: str = field()
+    scorer: str = field()
+    description: str = field()
     max_new_tokens: int = 32
     params: dict = field(default_factory=dict)
+
+    @property
+    def settings(self) -> tuple[Setting, ...]:
+        return tuple(dataclasses.replace(s, default=self.params.get(s.name, s.default))
+                     for s in BUILDERS[self.builder][1])
 
 
 @dataclass(frozen=True)
@@ -117,17 +124,12 @@ class ProbeInstance:
         return data
 
 
-@lru_cache(maxsize=1)
 def load_tasks() -> dict[str, TaskSpec]:
-    presets = json.loads((ASSETS / "tasks.json").read_text())["tasks"]
-    return {p["name"]: TaskSpec(**p) for p in presets}
+    return entries("task")
 
 
 def get_task(name: str) -> TaskSpec:
-    tasks = load_tasks()
-    if name not in tasks:
-        raise HaystackError(f"Unknown task '{name}'. Known tasks: {', '.join(tasks)}.")
-    return tasks[name]
+    return lookup("task", name)
 
 
 @lru_cache(maxsize=1)
@@ -275,8 +277,6 @@ def build_threading(rng: random.Random, params: dict, depth: float, length: int)
     mode = params.get("mode", "single")
     count, hops = int(params.get("num_needles", 1)), int(params.get("num_hops", 1))
     direction = params.get("direction", "forward")
-    if direction not in ("forward", "backward", "random"):
-        raise HaystackError(f"Unknown thread direction '{direction}'. Choose forward, backward or random.")
     intro = "JSON data:"
     if mode in ("single", "multiple", "conditional"):
         keys = [(_conditional_key if mode == "conditional" else random_uuid)(rng) for _ in range(count)]
@@ -336,11 +336,56 @@ def build_counting_stars(rng: random.Random, params: dict, depth: float, length:
                 logprob_lead="The counts are")
 
 
-BUILDERS: dict[str, Callable[[random.Random, dict, float, int], Plan]] = {
-    "passkey": build_passkey, "custom": build_custom, "niah": build_niah, "vt": build_variable_tracking,
-    "cwe": build_common_words, "kv_retrieval": build_kv_retrieval, "multidoc_qa": build_multidoc_qa,
-    "threading": build_threading, "counting_stars": build_counting_stars,
+def count(name: str, default: int, meaning: str, high: int) -> Setting:
+    return Setting(name, "int", default, meaning, 1, high)
+
+
+# builder name -> (builder, its settings); a preset in assets/tasks.json names a builder and sets defaults
+BUILDERS: dict[str, tuple[Callable[[random.Random, dict, float, int], Plan], tuple[Setting, ...]]] = {
+    "passkey": (build_passkey, (
+        Setting("question", "str", "What is the pass key? Answer with the number only.", "the question asked"),)),
+    "custom": (build_custom, (
+        Setting("needle", "str", "", "the sentence placed at the depth"),
+        Setting("question", "str", "", "the question about it"),
+        Setting("answer", "str", "", "the expected answer"))),
+    "niah": (build_niah, (
+        Setting("key_type", "str", "words", "keys: two plain words joined by '-', or UUIDs",
+                choices=("words", "uuids")),
+        Setting("value_type", "str", "numbers", "values: 7-digit numbers or UUIDs", choices=("numbers", "uuids")),
+        count("num_keys", 1, "keys placed (the first num_queries are asked, the rest distract)", 100),
+        count("num_values", 1, "values per key", 20),
+        count("num_queries", 1, "keys asked about", 100),
+        Setting("haystack_of_distractors", "int", 0, "1: the haystack is made of other needles", 0, 1))),
+    "vt": (build_variable_tracking, (
+        count("num_hops", 4, "assignments in the chain", 50),
+        count("num_chains", 1, "chains (the others distract)", 20))),
+    "cwe": (build_common_words, (
+        count("num_common", 10, "common words asked for", 100),
+        count("freq_common", 30, "repetitions of each common word (fewer in short lists)", 1000),
+        count("freq_uncommon", 3, "repetitions of each other word", 100))),
+    "kv_retrieval": (build_kv_retrieval, ()),
+    "multidoc_qa": (build_multidoc_qa, (
+        Setting("doc_index", "int", None, "put the gold document after this many documents; default by depth",
+                0, 10_000),)),
+    "threading": (build_threading, (
+        Setting("mode", "str", "single", "what is asked",
+                choices=("single", "multiple", "conditional", "threading", "multi_threading")),
+        count("num_needles", 1, "pairs (single/multiple/conditional) or threads (multi_threading)", 100),
+        count("num_hops", 1, "hops per thread", 100),
+        Setting("direction", "str", "forward", "where each hop sits after the last",
+                choices=("forward", "backward", "random")))),
+    "counting_stars": (build_counting_stars, (count("num_counts", 8, "counts placed evenly", 99),)),
 }
+
+
+def _register_presets() -> None:
+    for preset in json.loads((ASSETS / "tasks.json").read_text())["tasks"]:
+        if preset["builder"] not in BUILDERS:
+            raise ValueError(f"Task '{preset['name']}' names an unknown builder; fix assets/tasks.json.")
+        register(TaskSpec(**preset))
+
+
+_register_presets()
 
 
 # ---------------------------------------------------------------- assembly
@@ -391,10 +436,9 @@ def build_probe(tokenizer, spec: ProbeSpec, chat_template: bool = True, upload_t
     if max_tokens is not None and spec.length > max_tokens:
         raise HaystackError(f"Length {spec.length} tokens is beyond what this model and memory allow here "
                             f"(at most {max_tokens}); choose a smaller length.")
-    builder = BUILDERS.get(task.builder)
-    if builder is None or task.scorer not in SCORERS:
-        raise HaystackError(f"Task '{task.name}' names an unknown builder or scorer; fix assets/tasks.json.")
-    plan = builder(random.Random(f"needles-{spec.seed}"), task.params | spec.params, float(spec.depth), spec.length)
+    lookup("scorer", task.scorer)
+    plan = BUILDERS[task.builder][0](random.Random(f"needles-{spec.seed}"), task.defaults() | task.typed(spec.params),
+                                     float(spec.depth), spec.length)
     haystack_name = spec.haystack or task.haystack
     src = plan.source or source(haystack_name, upload_text)
 

@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterator
 from functools import lru_cache
 
 from engines.config.paths import ASSETS
-from engines.config.specs import RunConfig
+from engines.config.specs import DecodingSpec, RunConfig
 from engines.context.run import run_state
+from engines.decoding.decode import decode
 from engines.decoding.generation import GenerationResult, format_prompt
-from engines.decoding.methods import DecodingSpec, decode
 from engines.model.loading import LoadedModel
 
 ASSET = ASSETS / "conflicts.json"

@@ -17,10 +17,9 @@ from fractions import Fraction
 from functools import lru_cache
 
 from engines.config.paths import ASSETS
-from engines.config.specs import RunConfig
+from engines.config.specs import DecodingSpec, RunConfig
 from engines.context.run import run_state
 from engines.decoding.generation import GenerationResult, encode, format_prompt
-from engines.decoding.methods import DecodingSpec
 from engines.model.loading import LoadedModel
 from engines.probes.runner import decoded
 

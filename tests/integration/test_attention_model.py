@@ -6,8 +6,8 @@ from gradio_client import Client
 
 from engines.attention.function import AttentionCapture
 from engines.attention.views import question_positions, span_mass, stacked
-from engines.context.masks import MaskSpec, visible
-from engines.context.rope import RopeSpec
+from engines.config.specs import MaskSpec, RopeSpec
+from engines.context.masks import visible
 from engines.context.run import run_state
 from engines.probes.runner import run_probe
 from engines.probes.tasks import ProbeSpec, build_probe
@@ -34,7 +34,7 @@ def test_capture_equals_eager_attention_rows(mask):
             eager = model(input_ids=ids, attention_mask=additive, output_attentions=True).attentions
         finally:
             model.set_attn_implementation("lab_sdpa")
-    assert model.config.lab_capture is None  # the capture removed itself
+    assert getattr(model.config, "lab_run", None) is None  # the capture removed itself
     assert sorted(capture.prompt) == list(range(30))
     for layer in range(30):
         assert torch.allclose(capture.prompt[layer], eager[layer][0][:, rows], atol=1e-4), layer

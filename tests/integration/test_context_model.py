@@ -9,8 +9,8 @@ import torch
 from conftest import ROOT
 from gradio_client import Client
 
-from engines.context.masks import MaskSpec, visible
-from engines.context.rope import RopeSpec
+from engines.config.specs import MaskSpec, RopeSpec
+from engines.context.masks import visible
 from engines.context.run import run_state, token_nll
 
 pytestmark = pytest.mark.model

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from engines.config.specs import ModelSpec, SpecError
+from engines.config.specs import DecodingSpec, ModelSpec, SpecError
+from engines.decoding.decode import decode
 from engines.decoding.generation import GenerationResult, encode, format_prompt
-from engines.decoding.methods import DecodingSpec, decode, dola_layers
+from engines.decoding.methods.dola import dola_layers
 from engines.model.loading import MANAGER
 
 CONTEXT = "The Eiffel Tower was moved in 2021 to the city of Lyon, where it now stands by the Rhone."

@@ -129,13 +129,13 @@ def test_prose_comes_from_the_python_docs_and_essays():
 
 
 @pytest.mark.parametrize("spec_kwargs, words", [
-    ({"task": "nope", "length": 1000}, "Unknown task 'nope'. Known tasks: passkey"),
+    ({"task": "nope", "length": 1000}, "Unknown task 'nope'. Available: passkey"),
     ({"task": "passkey", "length": 1000, "depth": 101}, "outside 0..100"),
     ({"task": "passkey", "length": 1000, "depth": -1}, "outside 0..100"),
     ({"task": "passkey", "length": 40}, "too short for 'passkey'"),
     ({"task": "passkey", "length": 1000, "haystack": "lava"}, "Unknown haystack 'lava'"),
     ({"task": "passkey", "length": 1000, "haystack": "upload"}, "needs a .txt or .md file"),
-    ({"task": "nt_threading", "length": 1000, "params": {"direction": "sideways"}}, "Unknown thread direction"),
+    ({"task": "nt_threading", "length": 1000, "params": {"direction": "sideways"}}, "is not one of forward, backward, random"),
     ({"task": "custom", "length": 1000, "params": {"needle": ""}}, "A custom needle needs needle"),
 ])
 def test_bad_probe_settings_say_what_to_change(tokenizer, spec_kwargs, words):

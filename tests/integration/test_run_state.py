@@ -15,12 +15,10 @@ import torch
 
 from engines.attention.function import AttentionCapture
 from engines.attention.state import current
-from engines.config.specs import RunConfig
-from engines.context.masks import MaskSpec
-from engines.context.rope import RopeSpec
+from engines.config.specs import DecodingSpec, MaskSpec, RopeSpec, RunConfig
 from engines.context.run import token_nll
 from engines.decoding.generation import format_prompt
-from engines.decoding.methods import DecodingSpec
+from engines.model.loading import MANAGER
 from engines.probes.runner import full_head_map, masking_effect, run_free, run_probe
 from engines.probes.tasks import ProbeSpec, build_probe
 from engines.studies.conflicts import run_conflicts
@@ -136,13 +134,14 @@ def test_a_run_that_fails_or_is_cancelled_still_restores_the_model(embedded):
     assert embedded.model.model.rotary_emb is rotary and getattr(embedded.model.config, "lab_run", None) is None
 
 
-def test_replay_runs_under_the_logged_configuration(embedded, tmp_path):
+def test_replay_runs_under_the_logged_configuration(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'lab.sqlite'}")
     session = store.new_session()
-    outcome = last(run_probe(embedded, passkey(embedded), "generate", WINDOW))
-    run_id = log_probe(store, session, WINDOW, embedded, outcome)
+    loaded = MANAGER.get(WINDOW.model)  # the model replay will use (the slot may hold another)
+    outcome = last(run_probe(loaded, passkey(loaded), "generate", WINDOW))
+    run_id = log_probe(store, session, WINDOW, loaded, outcome)
     seen = []
-    handle = embedded.model.model.layers[0].self_attn.register_forward_pre_hook(
+    handle = loaded.model.model.layers[0].self_attn.register_forward_pre_hook(
         lambda module, args: seen.append(getattr(current(module.config).rule, "spec", MaskSpec())))
     try:
         result = replay(store, run_id)

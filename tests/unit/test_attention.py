@@ -49,8 +49,7 @@ def test_merge_by_lse_equals_softmax_over_all_keys():
 
 def test_pooled_head_map_equals_pooled_eager_attention(tiny):
     from engines.attention.function import HeadMapCapture
-    from engines.context.masks import MaskSpec
-    from engines.context.rope import RopeSpec
+    from engines.config.specs import MaskSpec, RopeSpec
     from engines.context.run import run_state
 
     ids = torch.randint(0, 128, (1, 300))

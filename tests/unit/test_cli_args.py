@@ -22,7 +22,7 @@ def test_help_lists_the_subcommands():
     (["probe", "--question", "q", "--max-new-tokens", "0"], "Max new tokens must be"),
     (["probe", "--question", "   "], "--question is empty"),
     (["nonsense"], "invalid choice: 'nonsense'"),
-    (["probe", "--task", "nope"], "Unknown task 'nope'. Known tasks: passkey"),
+    (["probe", "--task", "nope"], "Unknown task 'nope'. Available: passkey"),
     (["probe", "--task", "passkey", "--depth", "150"], "Depth 150.0 is outside 0..100"),
     (["probe", "--task", "passkey", "--score", "judge"], "invalid choice: 'judge'"),
     (["probe", "--task", "passkey", "--param", "oops"], "is not key=value"),

@@ -4,14 +4,15 @@ import math
 import pytest
 import torch
 
-from engines.config.specs import RunConfig, SpecError
-from engines.decoding.methods import DecodingSpec, beam_diversity, jsd, repetition_penalized
+from engines.config.specs import DecodingSpec, RunConfig, SpecError
+from engines.decoding.generation import jsd, repetition_penalized
+from engines.decoding.methods.beam import beam_diversity
 from engines.studies.conflicts import conflict_summary, load_conflicts, verdict
 
 
 def test_settings_are_typed_and_round_trip_in_the_run_config():
     spec = DecodingSpec.parse("beam:num_beams=6,length_penalty=0.5")
-    assert spec.params == {"num_beams": 6, "length_penalty": 0.5} and spec.get("num_return_sequences") == 4
+    assert spec.params == {"num_beams": 6, "length_penalty": 0.5} and spec.get("num_return_sequences") is None
     assert DecodingSpec.parse("dola:layers=12").get("layers") == "12"
     config = RunConfig(decoding=spec)
     assert RunConfig.from_dict(config.to_dict()) == config
@@ -26,10 +27,10 @@ def test_settings_are_typed_and_round_trip_in_the_run_config():
     ("sampling:temperature=0", "choose the greedy method"),
     ("beam:num_beams=2,num_return_sequences=3", "num_return_sequences must be 1 to num_beams (2)"),
     ("beam:beams=4", "its settings: num_beams, length_penalty, num_return_sequences"),
-    ("nucleus", "Known methods: greedy, sampling"),
-    ("beam:num_beams", "write METHOD[:key=value,...]"),
+    ("nucleus", "Unknown decoding method 'nucleus'. Available: greedy, "),
+    ("beam:num_beams", "write KIND[:key=value,...]"),
     ("dola:layers=middle", "high, low, or one layer number"),
-    ("contrastive:penalty_alpha=2", "penalty_alpha in [0, 1]"),
+    ("contrastive:penalty_alpha=2", "penalty_alpha=2 is out of range; give 0 to 1"),
 ])
 def test_incompatible_settings_say_what_to_change(text, words):
     with pytest.raises(SpecError, match=None) as caught:

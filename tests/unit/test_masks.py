@@ -5,9 +5,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from engines.attention.function import lab_mask
-from engines.config.specs import SpecError
-from engines.context.masks import PREFIX, SUFFIX, MaskSpec, segment_ids, shared_positions, visible
-from engines.context.rope import RopeSpec
+from engines.config.specs import MaskSpec, RopeSpec, SpecError
+from engines.context.masks import PREFIX, SUFFIX, segment_ids, shared_positions, visible
 from engines.context.run import run_state
 
 N = 24
@@ -60,10 +59,10 @@ def test_segments_and_shared_positions_from_spans():
 
 @pytest.mark.parametrize("text, words", [
     ("sinks:n_sink=8,window=4", "must be larger than the sink count"),
-    ("sliding_window:window=0", "at least 1"),
+    ("sliding_window:window=0", "window=0 is out of range; give 1 or more"),
     ("blur", "Unknown mask kind 'blur'"),
     ("sinks:size=3", "has no setting size"),
-    ("sinks:window=ten", "Could not read 'window=ten'"),
+    ("sinks:window=ten", "window='ten' must be a whole number"),
 ])
 def test_bad_mask_settings(text, words):
     with pytest.raises(SpecError, match=words):

@@ -7,10 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cli import build_parser, parse_params
-from engines.config.specs import SpecError
-from engines.context.masks import MaskSpec
-from engines.context.rope import RopeSpec
-from engines.decoding.methods import DecodingSpec
+from engines.config.specs import DecodingSpec, MaskSpec, RopeSpec, SpecError
 from engines.probes.haystack import HaystackError
 
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)

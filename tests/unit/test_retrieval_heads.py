@@ -3,8 +3,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from engines.attention.views import retrieval_scores
-from engines.context.masks import MaskSpec
-from engines.context.rope import RopeSpec
+from engines.config.specs import MaskSpec, RopeSpec
 from engines.context.run import run_state
 
 

@@ -7,9 +7,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from engines.config.specs import SpecError
-from engines.context.masks import MaskSpec
-from engines.context.rope import RopeSpec, frequencies, rope_parameters
+from engines.config.specs import MaskSpec, RopeSpec, SpecError
+from engines.context.rope import frequencies, rope_parameters
 from engines.context.run import run_state
 
 BASE, DIM, TRAINED = 1e5, 64, 8192  # the embedded model's rope_theta, head_dim and window
@@ -67,7 +66,7 @@ def test_parse(text, expected):
 @pytest.mark.parametrize("text, words", [
     ("yarn:0", "out of range"), ("yarn:65", "out of range"), ("yarn:-1", "out of range"),
     ("wobble:2", "Unknown RoPE kind 'wobble'"), ("yarn:2,alpha=3", "has no setting alpha"),
-    ("linear:abc", "Could not read 'abc'"),
+    ("linear:abc", "factor='abc' must be a finite number"),
 ])
 def test_bad_settings(text, words):
     with pytest.raises(SpecError, match=words):

@@ -1,7 +1,10 @@
 """Every scorer, table-tested with right, wrong and borderline answers."""
 import pytest
 
-from engines.probes.scoring import SCORERS, normalize_answer, score
+from engines.config.errors import SpecError
+from engines.config.kinds import entries
+from engines.probes.scorers import score
+from engines.probes.scorers.standard import normalize_answer
 
 U1, U2, U3 = ("0c1eb550-905f-4319-b73b-0b37bd185922", "e19e762d-be22-4859-b045-ac843f30b36a",
               "3a9a124b-a5d1-4e24-9e42-ae68c60c2a58")
@@ -46,7 +49,7 @@ def test_scorer_table(name, answer, refs, expected, question):
 
 
 def test_every_scorer_is_covered_by_the_table():
-    assert {case[0] for case in CASES} == set(SCORERS)
+    assert {case[0] for case in CASES} == set(entries("scorer"))
 
 
 def test_correct_means_full_score():
@@ -61,5 +64,5 @@ def test_counting_stars_position_curve():
 
 def test_normalisation_and_unknown_scorer():
     assert normalize_answer("  The  Quick, brown FOX! ") == "quick brown fox"
-    with pytest.raises(KeyError, match="Known scorers: exact"):
+    with pytest.raises(SpecError, match="Unknown scorer 'judge'. Available: exact"):
         score("judge", "a", ["a"])

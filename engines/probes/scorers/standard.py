@@ -1,27 +1,14 @@
-"""Scorers for probe answers, keyed by short names. Each returns a `Score` in [0, 1].
-
-All string scorers are deterministic and case-insensitive; none uses a model as judge.
-"""
+"""The lab's scorers: deterministic, case-insensitive string metrics (none uses a model as judge)."""
 from __future__ import annotations
 
 import re
 import string
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+
+from engines.probes.scorers import Score, scorer
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-@dataclass(frozen=True)
-class Score:
-    score: float
-    correct: bool
-    details: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"score": self.score, "correct": self.correct, "details": self.details}
 
 
 def _found(answer: str, refs: tuple[str, ...]) -> list[bool]:
@@ -34,22 +21,26 @@ def _share(hits: list[bool], details: dict | None = None) -> Score:
     return Score(round(share, 6), share == 1.0, details or {"found": hits})
 
 
+@scorer
 def exact(answer: str, refs: tuple[str, ...], question: str = "") -> Score:
     """The answer, trimmed of spaces, quotes and a final full stop, equals a reference."""
     cleaned = answer.strip().strip("\"'`").rstrip(".").strip().lower()
     return _share([any(cleaned == ref.strip().lower() for ref in refs)])
 
 
+@scorer
 def substring(answer: str, refs: tuple[str, ...], question: str = "") -> Score:
     """Any reference appears in the answer."""
     return _share([any(_found(answer, refs))])
 
 
+@scorer
 def string_match_all(answer: str, refs: tuple[str, ...], question: str = "") -> Score:
     """RULER: the share of references that appear in the answer."""
     return _share(_found(answer, refs))
 
 
+@scorer
 def string_match_part(answer: str, refs: tuple[str, ...], question: str = "") -> Score:
     """RULER's QA metric: 1 when any reference appears."""
     return _share([any(_found(answer, refs))])
@@ -62,6 +53,7 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
+@scorer
 def best_subspan_em(answer: str, refs: tuple[str, ...], question: str = "") -> Score:
     """Lost-in-the-middle QA: a normalised reference is a substring of the normalised first line."""
     lines = answer.strip().splitlines()
@@ -69,6 +61,7 @@ def best_subspan_em(answer: str, refs: tuple[str, ...], question: str = "") -> S
     return _share([any(normalize_answer(ref) and normalize_answer(ref) in first for ref in refs)])
 
 
+@scorer
 def uuid_prefix(answer: str, refs: tuple[str, ...], question: str = "") -> Score:
     """Needle threading: the first UUID in the reply equals the expected one.
 
@@ -84,6 +77,7 @@ def _values(answer: str, refs: tuple[str, ...]) -> list[str]:
     return [v.lower() for v in pattern.findall(answer)]
 
 
+@scorer
 def multi_value_recall(answer: str, refs: tuple[str, ...], question: str = "") -> Score:
     """The share of expected values (UUIDs or numbers, with multiplicity) the reply lists.
 
@@ -98,6 +92,7 @@ def multi_value_recall(answer: str, refs: tuple[str, ...], question: str = "") -
     return Score(round(share, 6), share == 1.0, {"values": values, "in_position": in_position})
 
 
+@scorer
 def chain_progress(answer: str, refs: tuple[str, ...], question: str = "") -> Score:
     """Threading: `refs` are the values along a chain; the score is how far along the reply got.
 
@@ -106,17 +101,3 @@ def chain_progress(answer: str, refs: tuple[str, ...], question: str = "") -> Sc
     found = _found(answer, refs)
     reached = max((i + 1 for i, hit in enumerate(found) if hit), default=0)
     return Score(round(reached / len(refs), 6), bool(found and found[-1]), {"reached_hop": reached})
-
-
-SCORERS: dict[str, Callable[[str, tuple[str, ...], str], Score]] = {
-    "exact": exact, "substring": substring, "string_match_all": string_match_all,
-    "string_match_part": string_match_part, "best_subspan_em": best_subspan_em,
-    "uuid_prefix": uuid_prefix, "multi_value_recall": multi_value_recall, "chain_progress": chain_progress,
-}
-
-
-def score(name: str, answer: str, refs: tuple[str, ...] | list[str], question: str = "") -> Score:
-    """Score `answer` against the references; `question` is the probe's question as asked."""
-    if name not in SCORERS:
-        raise KeyError(f"Unknown scorer '{name}'. Known scorers: {', '.join(SCORERS)}.")
-    return SCORERS[name](answer or "", tuple(refs), question)
