@@ -11,6 +11,8 @@ import threading
 
 from engines.config.paths import ASSETS
 
+METHODS = ASSETS.parent / "docs" / "METHODS.md"
+
 
 def build_ui(store):
     """Assemble the tabs around the shared configuration panel."""
@@ -34,6 +36,9 @@ def build_ui(store):
                 sessions.unavailable()
             else:
                 deep_link, targets = sessions.build(store, session, tabs)
+        with gr.Accordion("Methods, their references, and where the lab differs", open=False,
+                          elem_id="methods"):
+            gr.Markdown(METHODS.read_text())
         if store is not None:
             demo.load(deep_link, None, targets, api_name=False)
     return demo

@@ -11,6 +11,8 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from engines.attention.function import AttentionCapture, attention_path
+from engines.attention.views import context_profile, question_positions, stacked
 from engines.config.errors import LabError
 from engines.config.kinds import FAMILIES, catalogue, entries
 from engines.config.specs import (
@@ -142,15 +144,34 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
     loaded = MANAGER.get(config.model, first_use_progress)
     prompt = format_prompt(loaded.tokenizer, args.context, args.question, config.chat_template)
     plain = format_prompt(loaded.tokenizer, "", args.question, config.chat_template)
-    *_, result = run_free(loaded, prompt, config, plain_prompt=plain)
+    capture = capture_for(args, loaded, prompt, args.question)
+    *_, result = run_free(loaded, prompt, config, plain_prompt=plain, capture=capture)
     store, session_id = _run_log(args)
     run_id = kept_if_unsaved(lambda: log_generation(store, session_id, "probe", config, loaded,
                                                     {"context": args.context, "question": args.question}, result))
-    return {"answer": result.text, "prompt": prompt, "prompt_tokens": result.prompt_tokens,
+    return captured(capture, loaded, prompt) | {"answer": result.text, "prompt": prompt, "prompt_tokens": result.prompt_tokens,
             "new_tokens": result.new_tokens, "model": config.model.model, "dtype": loaded.dtype_name,
-            "quant": config.model.quant, "device": loaded.device, "seconds": result.seconds,
+            "quant": config.model.quant, "device": loaded.device, "attention_path": attention_path(loaded.device),
+            "seconds": result.seconds,
             "time_to_first_token": result.ttft, "tokens_per_second": result.tokens_per_second,
             "finish": result.finish, "run_id": run_id}
+
+
+def capture_for(args: argparse.Namespace, loaded, prompt: str, question: str) -> AttentionCapture | None:
+    """With --capture: the question's rows (located by characters in the built prompt) in every layer."""
+    return AttentionCapture(question_positions(loaded.tokenizer, prompt, question)) if args.capture else None
+
+
+def captured(capture: AttentionCapture | None, loaded, prompt: str) -> dict[str, Any]:
+    """What --capture adds to the JSON: the captured rows, their decoded text and the profile."""
+    if capture is None:
+        return {}
+    ids = encode(loaded.tokenizer, prompt)[0].tolist()
+    matrix = stacked(capture)
+    return {"capture": {"rows": capture.positions,
+                        "rows_text": loaded.tokenizer.decode([ids[i] for i in capture.positions]),
+                        "layers": len(capture.prompt), "answer_rows": len(capture.steps), "bytes": capture.bytes,
+                        "profile": [round(v, 6) for v in context_profile(matrix)]}}
 
 
 def probe_task(args: argparse.Namespace) -> dict[str, Any]:
@@ -163,10 +184,12 @@ def probe_task(args: argparse.Namespace) -> dict[str, Any]:
     store, session_id = _run_log(args)
     spec = remember_upload(store, spec, upload_text)
     instance = build_probe(loaded.tokenizer, spec, config.chat_template, upload_text, max_prompt_tokens(loaded))
-    *_, outcome = run_probe(loaded, instance, args.score, config)
+    capture = capture_for(args, loaded, instance.prompt, instance.question)
+    *_, outcome = run_probe(loaded, instance, args.score, config, capture=capture)
     run_id = kept_if_unsaved(lambda: log_probe(store, session_id, config, loaded, outcome))
-    return outcome.summary() | {"prompt": instance.prompt, "model": config.model.model,
-                                "dtype": loaded.dtype_name, "quant": config.model.quant, "run_id": run_id}
+    return captured(capture, loaded, instance.prompt) | outcome.summary() | {
+        "prompt": instance.prompt, "model": config.model.model, "dtype": loaded.dtype_name, "quant": config.model.quant,
+        "run_id": run_id, "attention_path": attention_path(loaded.device)}
 
 
 def cmd_decode(args: argparse.Namespace) -> dict[str, Any]:
@@ -201,7 +224,7 @@ def cmd_decode(args: argparse.Namespace) -> dict[str, Any]:
                      "seconds": result.seconds, "time_to_first_token": result.ttft,
                      "tokens_per_second": result.tokens_per_second, "finish": result.finish, "run_id": run_id})
     common = {"prompt": prompt, "prompt_tokens": len(encode(loaded.tokenizer, prompt)[0]), "model": config.model.model,
-              "dtype": loaded.dtype_name, "device": loaded.device}
+              "dtype": loaded.dtype_name, "device": loaded.device, "attention_path": attention_path(loaded.device)}
     return (runs[0] | common) if len(runs) == 1 else common | {"runs": runs}
 
 
@@ -258,7 +281,8 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
                         "cells": [{k: r[k] for k in ("length", "depth", "seed", "correct", "score", "prompt_tokens",
                                                        "answer", "expected")} for r in summary["cells"]],
                         "effective_length": summary["effective"]["effective_length"],
-                        "threshold": summary["effective"], "u_curve": summary["u_curve"]})
+                        "threshold": summary["effective"], "u_curve": summary["u_curve"],
+                        "attention_path": attention_path(MANAGER.loaded.device if MANAGER.loaded else "cpu")})
     return results[0] if len(results) == 1 else {"a": results[0], "b": results[1]}
 
 
@@ -360,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--haystack", help="override the task's haystack source")
     probe.add_argument("--upload", help="a .txt or .md file as the haystack (with --haystack upload)")
     probe.add_argument("--param", action="append", default=[], help="builder setting key=value (repeatable)")
+    probe.add_argument("--capture", action="store_true", help="capture the question's attention rows in every "
+                       "layer and head; the JSON's capture holds them, their text and the profile over the prompt")
     add_config_flags(probe)
     add_method_flag(probe)
     decode = commands.add_parser("decode", help="decode a context and question with one or more methods; print "

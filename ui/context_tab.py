@@ -27,11 +27,11 @@ def phenomena() -> list[dict]:
 
 def cost_table() -> str:
     if not MASK_COSTS.exists():
-        return "Prefill cost per mask: not measured yet (run `python bench/context.py`)."
+        return "Prefill cost per mask: not measured yet (run `python -m bench.context`)."
     costs = json.loads(MASK_COSTS.read_text())
     rows = "\n".join(f"| {kind} | {ratio:.2f}x |" for kind, ratio in costs["ratios"].items())
     return (f"Prefill time at {costs['tokens']} tokens relative to plain causal attention "
-            f"({costs['machine']}, `python bench/context.py`):\n\n| mask | time |\n|---|---|\n{rows}")
+            f"({costs['machine']}, `python -m bench.context`):\n\n| mask | time |\n|---|---|\n{rows}")
 
 
 def pictures(length, *values):
@@ -40,13 +40,13 @@ def pictures(length, *values):
     run_config = panel.config()
     if length is None or not 16 <= int(length) <= 1_000_000:
         raise gr.Error("The picture length must be between 16 and 1,000,000 tokens.")
-    rows, positions = mask_grid(run_config.mask, int(length))
     base, dim, trained = 1e5, 64, 8192  # the embedded model's, unless a model is loaded
     if MANAGER.loaded is not None:
         model = MANAGER.loaded.model
         original = current(model.config).original_rotary or model.model.rotary_emb
         base = original.config.rope_parameters["rope_theta"]
         dim, trained = original.inv_freq.shape[0] * 2, original.original_max_seq_len
+    rows, positions = mask_grid(run_config.mask, int(length), trained=trained)
     curves = {"default": rope_curves(RopeSpec(), base, dim, trained)}
     if run_config.rope.kind != "default":
         curves[panel.rope or "chosen"] = rope_curves(run_config.rope, base, dim, trained)

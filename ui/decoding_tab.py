@@ -27,7 +27,7 @@ DEFAULT_METHODS = "greedy\nbeam:num_beams=4\ncontrastive\ndola\ncad:alpha=1\nada
 MAX_METHODS = 8
 RESULT_HEADERS = ["method", "answer", "correct", "new tokens", "seconds", "finish", "run id"]
 CAD_HEADERS = ["method", "step", "chosen", "with context (top 3)", "without context (top 3)", "combined (top 3)"]
-ALTERNATIVE_HEADERS = ["method", "kind", "text", "score"]
+ALTERNATIVE_HEADERS = ["method", "kind", "text", "score (log p / length)", "search score"]
 SUMMARY_HEADERS = ["method", "items", "follows_context", "follows_memory", "neither"]
 ANSWER_HEADERS = ["method", "item", "answer", "verdict", "seconds"]
 
@@ -62,16 +62,17 @@ def cad_rows(method: str, tokens: list[dict]) -> list[list]:
 
 
 def alternative_rows(method: str, details: dict) -> list[list]:
-    rows = [[method, f"beam {i}", beam["text"], beam["score"]] for i, beam in enumerate(details.get("beams", []), 1)]
+    rows = [[method, f"beam {i}", beam["text"], beam["score"], beam.get("search_score")]
+            for i, beam in enumerate(details.get("beams", []), 1)]
     if "diversity" in details:
         figures_ = details["diversity"]
         rows.append([method, "diversity", f"distinct-2 {figures_['distinct_2']}, pairwise overlap "
-                                          f"{figures_['pairwise_overlap']}", None])
+                                          f"{figures_['pairwise_overlap']}", None, None])
     for key, kind in (("answers", "ICN answer"), ("topk_answers", "top-k expansion")):
-        rows += [[method, f"{kind} {i}", answer, None] for i, answer in enumerate(details.get(key, []), 1)]
+        rows += [[method, f"{kind} {i}", answer, None, None] for i, answer in enumerate(details.get(key, []), 1)]
     if "answers" in details:
         rows.append([method, "distinct share", f"ICN {details['distinct_share']}, top-k "
-                                               f"{details['topk_distinct_share']}", None])
+                                               f"{details['topk_distinct_share']}", None, None])
     return rows
 
 

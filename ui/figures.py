@@ -107,7 +107,11 @@ def length_curve(rows: list[dict], threshold: float | None = None, value: str = 
                       annotation_text=f"threshold {effective['threshold']:.2f}: {effective['rule']}")
     if effective["effective_length"] is not None:
         fig.add_vline(x=effective["effective_length"], line_color="#2ca02c",
-                      annotation_text=f"effective length {effective['effective_length']}")
+                      annotation_text=f"effective length {effective['effective_length']} (RULER)")
+    if effective["first_failure_length"] not in (None, effective["effective_length"]):
+        fig.add_vline(x=effective["first_failure_length"], line_color="#2ca02c", line_dash="dash",
+                      annotation_text=f"before the first failure {effective['first_failure_length']}",
+                      annotation_position="bottom right")
     fig.update_layout(title="Accuracy by context length", xaxis=dict(title="prompt tokens"),
                       yaxis=dict(title="accuracy" if value == "correct" else value, range=[-0.05, 1.05]),
                       height=360, margin=dict(l=60, r=10, t=50, b=50))

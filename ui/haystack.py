@@ -113,7 +113,7 @@ def run(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, m
     shown = built(tab, instance)
     yield shown | {tab.run.answer: "", tab.score: None}
     spans = list(instance.spans)
-    capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt_tokens, instance.question)) \
+    capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt, instance.question)) \
         if capture_wanted else None
     log_to, session_id, state = session_for(tab.store, state)
     flow = run_logged(

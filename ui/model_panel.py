@@ -12,6 +12,7 @@ from typing import NamedTuple
 import gradio as gr
 
 from engines.config.errors import LabError
+from engines.config.kinds import entries
 from engines.config.specs import (
     DTYPES,
     EMBEDDED_MODEL,
@@ -132,10 +133,12 @@ def build() -> ConfigInputs:
         with gr.Row():
             chat_template = gr.Checkbox(True, label="Apply the chat template")
             max_new_tokens = gr.Number(32, precision=0, minimum=1, maximum=4096, label="Max new tokens")
-            rope = gr.Textbox("default", label="RoPE", info="KIND[:factor[,key=value]], e.g. yarn:2 (Context tab)")
-            mask = gr.Textbox("causal", label="Attention mask", info="KIND[:key=value,...], e.g. sinks:window=1024")
-            decoding = gr.Textbox("greedy", label="Decoding", info="METHOD[:key=value,...], e.g. beam:num_beams=4 "
-                                  "(Decoding tab)")
+            rope = gr.Textbox("default", label="RoPE", info="KIND[:factor[,key=value]], e.g. yarn:2; kinds: "
+                              + ", ".join(entries("rope")) + " (Context tab)")
+            mask = gr.Textbox("causal", label="Attention mask", info="KIND[:key=value,...], e.g. sinks:window=1024; "
+                              "kinds: " + ", ".join(entries("mask")))
+            decoding = gr.Textbox("greedy", label="Decoding", info="METHOD[:key=value,...], e.g. beam:num_beams=4; "
+                                  "methods: " + ", ".join(entries("decoding")) + " (Decoding tab)")
             load_button = gr.Button("Load", variant="secondary")
         status = gr.Markdown(describe_loaded())
     inputs = ConfigInputs(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding, status)

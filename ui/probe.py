@@ -52,7 +52,7 @@ def probe(tab: ProbeTab, context, question, capture_wanted, state, *values, prog
     loaded = loaded_model(run_config, progress)
     prompt = format_prompt(loaded.tokenizer, context or "", question.strip(), run_config.chat_template)
     prompt_tokens = len(encode(loaded.tokenizer, prompt)[0])
-    capture = AttentionCapture(question_positions(loaded.tokenizer, prompt_tokens, question.strip())) \
+    capture = AttentionCapture(question_positions(loaded.tokenizer, prompt, question)) \
         if capture_wanted else None
     log_to, session_id, state = session_for(tab.store, state)
     flow = run_logged(

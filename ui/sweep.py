@@ -215,13 +215,24 @@ def cell_attention(store: Store | None, cell: dict | None, progress=gr.Progress(
     loaded = loaded_model(run_config, progress)
     with said_to_user():
         instance = stored_probe(store, run_record, loaded, run_config)
-        capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt_tokens, instance.question))
+        capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt, instance.question))
         with MANAGER.lock:
             *_, outcome = run_probe(loaded, instance, run_record["inputs"]["mode"], run_config, capture=capture)
     views = capture_views(capture, instance)
     title = f"{instance.spec.length} tokens, depth {instance.spec.depth:g}%, answer {outcome.answer!r}"
     return (figures.attention_profile(views["profile"], list(instance.spans), title=f"Attention ({title})"),
             figures.layer_head_map(views["needle_mass"]))
+
+
+def b_controls() -> list:
+    """Configuration B's inputs (compare, model, quantization, dtype, chat template, decoding)."""
+    with gr.Accordion("A/B: run the same sweep under a second configuration", open=False), gr.Row():
+        return [gr.Checkbox(False, label="Also run configuration B"),
+                gr.Dropdown([EMBEDDED_MODEL], value=EMBEDDED_MODEL, allow_custom_value=True, label="B model"),
+                gr.Radio(list(QUANTS), value="none", label="B quantization"),
+                gr.Radio(list(DTYPES), value="fp32", label="B dtype"),
+                gr.Checkbox(True, label="B applies the chat template"),
+                gr.Textbox("", label="B decoding", info="empty: as A; e.g. cad:alpha=1 to compare methods")]
 
 
 def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
@@ -241,15 +252,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                                            info="captures each cell's question rows; slower (no prefix sharing)")
             threshold = gr.Number(0, minimum=0, maximum=1, label="Effective-length threshold",
                                   info="0 = 85% of the score at the shortest length; else a fixed accuracy")
-        with gr.Accordion("A/B: run the same sweep under a second configuration", open=False):
-            with gr.Row():
-                compare = gr.Checkbox(False, label="Also run configuration B")
-                b_model = gr.Dropdown([EMBEDDED_MODEL], value=EMBEDDED_MODEL, allow_custom_value=True, label="B model")
-                b_quant = gr.Radio(list(QUANTS), value="none", label="B quantization")
-                b_dtype = gr.Radio(list(DTYPES), value="fp32", label="B dtype")
-                b_template = gr.Checkbox(True, label="B applies the chat template")
-                b_decoding = gr.Textbox("", label="B decoding",
-                                        info="empty: as A; e.g. cad:alpha=1 to compare methods")
+        b_inputs = b_controls()
         with gr.Row():
             estimate_button = gr.Button("Estimate time")
             run_button = gr.Button("Run sweep", variant="primary", elem_id="sweep-run")
@@ -279,7 +282,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
     tab = SweepTab(status, cells, {"heat_a": heat_a, "heat_b": heat_b, "diff": diff, "curve": curve,
                                    "length": length_plot, "mass": mass_plot}, sweep_ids, session, config.status, store)
     grid_inputs = [task, lengths, depth_count, spacing, seeds, mode, haystack, params, needle_attention, upload,
-                   compare, b_model, b_quant, b_dtype, b_template, b_decoding, session]
+                   *b_inputs, session]
     all_outputs = [status, cells, heat_a, heat_b, diff, curve, length_plot, mass_plot, sweep_ids, session,
                    config.status]
     estimate_button.click(estimate_time, [*grid_inputs, *config.all()], status, api_name="sweep_estimate",

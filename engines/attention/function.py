@@ -4,8 +4,13 @@ It is transformers' sdpa with one change: when a chunk of queries follows a cach
 plain causal mask (a prompt continuing a shared prefix), it attends to the prefix without a mask and
 to itself with the fused causal kernel, and merges the two by their log-sum-exp. A masked kernel
 would compute every query x key pair; this skips the masked half of the chunk's own block.
+
+Window masks run block by block, merged by log-sum-exp, on any device: with torch's fused CPU kernel
+on the CPU, and with plain torch ops elsewhere (`attention_path`); nothing falls back to plain causal.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
@@ -15,7 +20,40 @@ from transformers.masking_utils import sdpa_mask
 from engines.attention.state import current
 
 LAB_ATTENTION = "lab_sdpa"
-_flash_with_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_cpu_flash_with_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+PORTABLE_ROWS = 1024  # query rows per block on the portable path: fp32 scores of rows x keys at a time
+
+
+def attention_path(device: str) -> str:
+    """'cpu-fused' (torch's fused CPU kernel, with its log-sum-exp) or 'portable' (plain torch ops, any
+    device; CONTEXT_LAB_PORTABLE_ATTENTION=1 forces it on the CPU)."""
+    forced = os.environ.get("CONTEXT_LAB_PORTABLE_ATTENTION", "0") not in ("", "0")
+    return "cpu-fused" if str(device).startswith("cpu") and not forced else "portable"
+
+
+def _flash_with_lse(query, key, value, attn_mask=None, is_causal=False, scale=None):
+    """Attention output [b, h, q, d] and log-sum-exp per row [b, h, q], on the path for this device.
+
+    The portable path computes the same in fp32 blocks of query rows (a causal mask is aligned so the
+    last query sees the last key); a row that sees no key gets lse -inf."""
+    if attention_path(query.device.type) == "cpu-fused":
+        return _cpu_flash_with_lse(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+    scale = scale if scale is not None else query.shape[-1] ** -0.5
+    q_len, kv_len = query.shape[2], key.shape[2]
+    outs, lses = [], []
+    for start in range(0, q_len, PORTABLE_ROWS):
+        rows = slice(start, min(start + PORTABLE_ROWS, q_len))
+        scores = query[:, :, rows].float() @ key.float().transpose(-1, -2) * scale
+        if attn_mask is not None:
+            scores = scores + attn_mask[..., rows, :].float()
+        if is_causal:
+            q_pos = torch.arange(rows.start, rows.stop, device=query.device)[:, None] + (kv_len - q_len)
+            scores = scores.masked_fill(torch.arange(kv_len, device=query.device)[None, :] > q_pos, float("-inf"))
+        lse = torch.logsumexp(scores, dim=-1)
+        weights = torch.exp(scores - lse[..., None]).nan_to_num()
+        outs.append((weights @ value.float()).to(query.dtype))
+        lses.append(lse)
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 
 
 def is_causal_after_prefix(mask: torch.Tensor | None, q_len: int, kv_len: int) -> bool:
@@ -93,17 +131,25 @@ def two_branch_attention(module, query, key, value, scaling):
     count = min(rule.kind.far_keys(rule.spec), kv_len)
     far = (q_pos[:, None] - k_pos[None, :count] >= window)
     if count and bool(far.any()):
-        q_far, k_far = far_queries_and_keys(rule, query, key, q_pos, k_pos, count, window)
-        parts.append(_attend(q_far, k_far, value[:, :, :count], far, scaling))
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        scores = far_scores(rule, query, key, q_pos, k_pos, count, window, scale).masked_fill(~far, float("-inf"))
+        lse = torch.logsumexp(scores, dim=-1)  # -inf for a row that sees no far key
+        weights = torch.exp(scores - lse[..., None]).nan_to_num()
+        parts.append(((weights @ value[:, :, :count].float()).to(query.dtype), lse))
     return merge_by_lse(parts)
 
 
-def far_queries_and_keys(rule, query, key, q_pos, k_pos, count, window):
-    """Queries and the first `count` keys rotated as the mask kind says they meet beyond the window."""
+def far_scores(rule, query, key, q_pos, k_pos, count, window, scaling):
+    """Scores [b, h, q, count] of the queries against the first `count` keys at the distance the mask
+    kind gives them beyond the window: a rotation per query, per key, or per (query, key) pair."""
     q_delta, k_delta = rule.kind.far_rotation(rule.spec, q_pos, k_pos, count, window)
-    q_far = query if q_delta is None else rotate(query, q_delta, rule.inv_freq)
-    k_far = key[:, :, :count] if k_delta is None else rotate(key[:, :, :count], k_delta, rule.inv_freq)
-    return q_far, k_far
+    keys = key[:, :, :count] if k_delta is None else rotate(key[:, :, :count], k_delta, rule.inv_freq)
+    if q_delta is None or q_delta.dim() == 1:
+        queries = query if q_delta is None else rotate(query, q_delta, rule.inv_freq)
+        return queries.float() @ keys.float().transpose(-1, -2) * scaling
+    columns = [(rotate(query, q_delta[:, j], rule.inv_freq).float() * keys[:, :, j:j + 1].float()).sum(-1)
+               for j in range(count)]
+    return torch.stack(columns, dim=-1) * scaling
 
 
 class AttentionCapture:
@@ -183,9 +229,8 @@ def attention_rows(module, query, key, rows, q_pos, k_pos, scaling, attention_ma
         count = min(rule.kind.far_keys(rule.spec), key.shape[2])
         if count:
             far = (positions[:, None] - k_pos[None, :count]) >= window
-            q_far, k_far = far_queries_and_keys(rule, query[:, :, rows], key, positions, k_pos, count, window)
-            far_scores = q_far.float() @ k_far.float().transpose(-1, -2) * scaling
-            scores[..., :count] = torch.where(far, far_scores, scores[..., :count])
+            beyond = far_scores(rule, query[:, :, rows], key, positions, k_pos, count, window, scaling)
+            scores[..., :count] = torch.where(far, beyond, scores[..., :count])
             seen = seen.clone()
             seen[:, :count] |= far
     elif attention_mask is not None and attention_mask.dtype == torch.bool:
@@ -227,11 +272,11 @@ def uniform_heads(out: torch.Tensor, value: torch.Tensor, heads: list[int], grou
 def _lab_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs):
     q_len, kv_len = query.shape[2], key.shape[2]
     rule = current(module.config).rule
-    if rule is not None and rule.kind.blockwise and query.device.type == "cpu":
+    if rule is not None and rule.kind.blockwise:  # on any device: the CPU kernel or the portable path
         groups = getattr(module, "num_key_value_groups", 1)
         out = two_branch_attention(module, query, repeat_kv(key, groups), repeat_kv(value, groups), scaling)
         return out.transpose(1, 2).contiguous(), None
-    if (query.device.type == "cpu" and dropout == 0.0 and 1 < q_len < kv_len
+    if (attention_path(query.device.type) == "cpu-fused" and dropout == 0.0 and 1 < q_len < kv_len
             and is_causal_after_prefix(attention_mask, q_len, kv_len)):
         groups = getattr(module, "num_key_value_groups", 1)
         out = prefix_chunk_attention(query, repeat_kv(key, groups), repeat_kv(value, groups), scaling)

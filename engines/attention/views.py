@@ -9,15 +9,18 @@ import zlib
 import torch
 
 from engines.attention.function import AttentionCapture
-from engines.decoding.generation import encode
 
 
-def question_positions(tokenizer, prompt_tokens: int, question: str) -> list[int]:
-    """Positions of the question's tokens: the end of the user turn, before the template's closing tokens."""
-    count = len(encode(tokenizer, question)[0])
-    closing = 5 if prompt_tokens > count + 5 else 0  # <|im_end|>, newline, <|im_start|>, assistant, newline
-    end = prompt_tokens - closing
-    return list(range(max(0, end - count), end))
+def question_positions(tokenizer, prompt: str, question: str) -> list[int]:
+    """Positions of the tokens that hold the question in the built prompt, found by characters (its
+    last occurrence: the question follows the context) through the tokenizer's offset mapping, so the
+    chat template's tokens and any answer prefix after it are never counted."""
+    start = prompt.rfind(question.strip())
+    if not question.strip() or start < 0:
+        raise ValueError("The question does not occur in the prompt.")
+    end = start + len(question.strip())
+    offsets = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
 
 
 def stacked(capture: AttentionCapture, source: str = "question") -> torch.Tensor:

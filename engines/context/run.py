@@ -26,6 +26,7 @@ def mask_rule(mask: MaskSpec, rotary: torch.nn.Module, spans: list[dict] | None,
     if mask.kind == "causal":
         return None, None
     kind = lookup("mask", mask.kind)
+    mask = kind.resolved(mask, rotary.original_max_seq_len)
     segments = None
     if kind.needs_documents:
         segments = segment_ids(prompt_tokens, spans or [])
@@ -65,8 +66,11 @@ def run_state(model, rope: RopeSpec, mask: MaskSpec, spans: list[dict] | None = 
         model.config.lab_run = outer
 
 
-def mask_grid(mask: MaskSpec, length: int, spans: list[dict] | None = None, points: int = 128) -> tuple[list, list]:
-    """The mask sampled on a points x points grid of positions (a downsampled picture)."""
+def mask_grid(mask: MaskSpec, length: int, spans: list[dict] | None = None, points: int = 128,
+              trained: int = 8192) -> tuple[list, list]:
+    """The mask sampled on a points x points grid of positions (a downsampled picture), for a model
+    trained on `trained` positions."""
+    mask = lookup("mask", mask.kind).resolved(mask, trained)
     positions = torch.linspace(0, length - 1, min(points, length)).round().long()
     segments = segment_ids(length, spans) if lookup("mask", mask.kind).needs_documents and spans else None
     rows = visible(mask, positions[:, None], positions[None, :], segments)

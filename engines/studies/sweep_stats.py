@@ -66,7 +66,9 @@ def u_curve_indices(accuracy_by_depth: dict[float, float]) -> dict[str, float | 
 
 def effective_length(score_by_length: dict[int, float], threshold: float | None = None,
                      relative: float = 0.85) -> dict:
-    """The longest length up to which the score stays at or above the threshold.
+    """RULER's effective length: the longest length whose score is at or above the threshold (a
+    shorter length may fall below it). Also `first_failure_length`: the longest length before the
+    first length below the threshold. A score equal to the threshold passes (0 passes a threshold of 0).
 
     Without a fixed `threshold` it is `relative` times the score at the shortest length (a small
     model's own short-context score); the result says which rule was used.
@@ -79,9 +81,9 @@ def effective_length(score_by_length: dict[int, float], threshold: float | None 
         rule = f"{relative:.0%} of the score at the shortest length ({lengths[0]} tokens)"
     else:
         rule = f"fixed threshold {threshold:g}"
-    effective = None
-    for length in lengths:
-        if score_by_length[length] < threshold or score_by_length[length] == 0:
-            break
-        effective = length
-    return {"effective_length": effective, "threshold": threshold, "rule": rule}
+    passing = [length for length in lengths if score_by_length[length] >= threshold]
+    failing = [length for length in lengths if score_by_length[length] < threshold]
+    before_failure = [length for length in passing if not failing or length < failing[0]]
+    return {"effective_length": max(passing, default=None), "threshold": threshold,
+            "rule": f"longest length scoring at or above {rule} (RULER)",
+            "first_failure_length": max(before_failure, default=None)}

@@ -152,7 +152,7 @@ def run_sweep(loaded: LoadedModel, spec: SweepSpec, cells: list[tuple[Cell, Prob
             return
         ids = encode(loaded.tokenizer, instance.prompt)[0].tolist()
         computed = len(ids) - min(common_prefix(prefix.ids, ids), len(ids) - 1)
-        capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt_tokens, instance.question),
+        capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt, instance.question),
                                    new_tokens=False) if spec.needle_attention else None
         *_, outcome = run_probe(loaded, instance, spec.mode, config, should_stop, prefix, capture)
         if outcome.generation is not None and outcome.generation.finish == "cancelled":

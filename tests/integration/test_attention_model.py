@@ -1,7 +1,12 @@
 """Attention capture on the embedded model: equal to eager attention rows, with and without a mask;
 a found passkey draws more attention than any same-length span of filler in the top heads."""
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
+from conftest import ROOT
 from gradio_client import Client
 
 from engines.attention.function import AttentionCapture
@@ -42,7 +47,7 @@ def test_capture_equals_eager_attention_rows(mask):
 
 def test_found_passkey_draws_attention_in_the_top_heads(embedded):
     instance = build_probe(embedded.tokenizer, ProbeSpec("passkey", 1500, 50, 2))
-    capture = AttentionCapture(question_positions(embedded.tokenizer, instance.prompt_tokens, instance.question))
+    capture = AttentionCapture(question_positions(embedded.tokenizer, instance.prompt, instance.question))
     *_, outcome = run_probe(embedded, instance, capture=capture)
     assert outcome.score.correct and len(capture.steps) == outcome.generation.new_tokens
     matrix = stacked(capture)  # [layers, heads, keys], mean over the question rows
@@ -103,3 +108,20 @@ def test_retrieval_heads_found_and_masking_them_hurts_more_than_random_heads(emb
         without_random = logprob_of(embedded, instance.prompt, instance.logprob_target,
                                     instance.logprob_lead).logprob
     assert without_top < baseline - 1.0 and without_top < without_random
+
+
+def test_cli_capture_names_the_question_rows():
+    """probe --capture: the captured rows decode to the question (litm_qa's, before its answer prefix)."""
+    question = "What is the pass key? Answer with the number only."
+    done = subprocess.run([sys.executable, str(ROOT / "app.py"), "probe", "--task", "litm_qa", "--length", "700",
+                           "--capture", "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    output = json.loads(done.stdout)
+    rows_text = output["capture"]["rows_text"].strip()
+    assert rows_text.startswith("Question:") and rows_text.endswith("?") and "<|im" not in rows_text
+    assert output["prompt"].rfind(rows_text) > output["prompt"].rfind("Document [")  # after the documents
+    assert output["capture"]["layers"] == 30 and len(output["capture"]["profile"]) == output["prompt_tokens"]
+    free = subprocess.run([sys.executable, str(ROOT / "app.py"), "probe", "--context", "The pass key is 71432.",
+                           "--question", question, "--capture", "--no-chat-template", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert json.loads(free.stdout)["capture"]["rows_text"].strip() == question

@@ -35,6 +35,24 @@ def test_cli_probe_answers_the_capital_question():
     assert output["prompt"].endswith("What is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
     assert output["prompt_tokens"] > 10 and output["model"] == "smollm2-135m-instruct"
     assert output["dtype"] in ("bf16", "fp32") and output["quant"] == "none" and output["seconds"] > 0
+    assert output["attention_path"] == "cpu-fused"
+
+
+def test_window_mask_runs_alike_on_the_portable_path():
+    """What runs off the CPU (plain torch ops), forced on the CPU: the same windowed probe scores the
+    gold answer alike and the JSON names the path."""
+    import os
+
+    outputs = {}
+    for forced in ("0", "1"):
+        done = subprocess.run([sys.executable, str(ROOT / "app.py"), "probe", "--task", "passkey", "--length", "700",
+                               "--mask", "sinks:n_sink=4,window=256,reindex=1", "--score", "logprob", "--dtype", "fp32",
+                               "--json"], capture_output=True, text=True, timeout=300,
+                              env=os.environ | {"CONTEXT_LAB_PORTABLE_ATTENTION": forced})
+        assert done.returncode == 0, done.stderr
+        outputs[forced] = json.loads(done.stdout)
+    assert outputs["0"]["attention_path"] == "cpu-fused" and outputs["1"]["attention_path"] == "portable"
+    assert outputs["1"]["logprob"] == pytest.approx(outputs["0"]["logprob"], abs=1e-3)
 
 
 def test_greedy_stream_equals_transformers_generate(embedded):

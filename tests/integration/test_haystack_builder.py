@@ -4,6 +4,8 @@ import re
 
 import pytest
 
+from engines.attention.views import question_positions
+from engines.decoding.generation import format_prompt
 from engines.probes.haystack import HaystackError, prose_sentences, read_upload
 from engines.probes.tasks import ProbeSpec, build_probe, load_tasks
 
@@ -174,3 +176,24 @@ def test_oversize_upload_is_refused(tmp_path):
     path.write_bytes(b"word " * (1 + 5 * 2**20 // 5))
     with pytest.raises(HaystackError, match="upload at most 5 MB"):
         read_upload(path)
+
+
+@pytest.mark.parametrize("chat_template", [True, False])
+@pytest.mark.parametrize("task", TASKS)
+def test_question_rows_are_exactly_the_question(tokenizer, task, chat_template):
+    """The rows captured as "the question" decode to the question itself, for every preset (litm_qa's
+    answer prefix included) and with the chat template on or off: no template token, no word lost."""
+    instance = build_probe(tokenizer, ProbeSpec(task, 600 if task != "cwe" else 900, 50, 1), chat_template)
+    ids = tokenizer(instance.prompt, add_special_tokens=False).input_ids
+    rows = question_positions(tokenizer, instance.prompt, instance.question)
+    assert rows == list(range(rows[0], rows[-1] + 1))
+    assert tokenizer.decode([ids[i] for i in rows]).strip() == instance.question.strip()
+
+
+def test_question_rows_of_a_free_prompt_whose_context_repeats_the_question(tokenizer):
+    question = "What is the capital of France?"
+    prompt = format_prompt(tokenizer, f"{question} Nobody asked. The capital of France is Paris.", question)
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    rows = question_positions(tokenizer, prompt, question)
+    assert tokenizer.decode([ids[i] for i in rows]).strip() == question
+    assert rows[0] > 10  # the question after the context, not its copy inside it

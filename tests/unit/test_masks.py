@@ -4,17 +4,19 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from engines.attention.function import lab_mask
+from engines.attention.function import attention_path, lab_mask
+from engines.attention.state import current
 from engines.config.specs import MaskSpec, RopeSpec, SpecError
 from engines.context.masks import PREFIX, SUFFIX, segment_ids, shared_positions, visible
-from engines.context.run import run_state
+from engines.context.rope import frequencies
+from engines.context.run import mask_grid, run_state
 
 N = 24
 SEGMENTS = torch.tensor([PREFIX] * 4 + [0] * 6 + [1] * 6 + [2] * 4 + [SUFFIX] * 4)
 
 
 def reference(kind: str, params: dict, i: int, j: int) -> bool:
-    """The rules written out for one (query, key) pair, apart from engines/masks.py."""
+    """The rules written out for one (query, key) pair, apart from engines/context/masks/."""
     if j > i and kind != "pine":
         return False
     if kind == "causal":
@@ -90,8 +92,17 @@ def eager_with_mask(model, ids, mask_rows):
         model.set_attn_implementation("lab_sdpa")
 
 
-@pytest.mark.parametrize("spec", [MaskSpec("sliding_window", {"window": 7}), MaskSpec("sinks", {"n_sink": 3, "window": 7})])
-def test_masked_model_equals_eager_attention_with_the_same_mask(one_layer, spec):
+@pytest.fixture(params=["cpu-fused", "portable"])
+def path(request, monkeypatch):
+    """Each window-mask test runs on the CPU kernel and on the portable path (what runs off the CPU)."""
+    monkeypatch.setenv("CONTEXT_LAB_PORTABLE_ATTENTION", "1" if request.param == "portable" else "0")
+    assert attention_path("cpu") == request.param
+    return request.param
+
+
+@pytest.mark.parametrize("spec", [MaskSpec("sliding_window", {"window": 7}), MaskSpec("sinks", {"n_sink": 3, "window": 7}),
+                                  MaskSpec("lambda", {"n_global": 2, "n_local": 40})])
+def test_masked_model_equals_eager_attention_with_the_same_mask(one_layer, spec, path):
     ids = torch.randint(0, 64, (1, 40))
     with torch.inference_mode():
         with run_state(one_layer, RopeSpec(), spec):
@@ -105,7 +116,7 @@ def last_logits_at_positions(model, ids, positions):
         return model(input_ids=ids[None], position_ids=positions[None]).logits[0, -1]
 
 
-def test_sinks_with_reindexing_equal_a_streaming_cache(one_layer):
+def test_sinks_with_reindexing_equal_a_streaming_cache(one_layer, path):
     """With one layer, the query's output depends only on which tokens it sees and their positions: a
     cache holding sinks + window at slots 0..n_sink+window-1 is the reference."""
     n_sink, window, length = 3, 6, 30
@@ -122,7 +133,7 @@ def test_sinks_with_reindexing_equal_a_streaming_cache(one_layer):
     assert torch.allclose(ours[: n_sink + window], plain[: n_sink + window], atol=1e-5)  # cache not full yet
 
 
-def test_lambda_mask_caps_the_distance_to_global_keys(one_layer):
+def test_lambda_mask_caps_the_distance_to_global_keys(one_layer, path):
     n_global, n_local, length = 2, 6, 30
     ids = torch.randint(0, 64, (length,))
     with torch.inference_mode():
@@ -145,3 +156,65 @@ def test_causal_keeps_the_fused_path_and_default_equals_the_unmodified_model(one
             assert not torch.allclose(one_layer(input_ids=ids).logits, before)
         assert torch.equal(one_layer(input_ids=ids).logits, before)
     assert lab_mask(1, 30, 30, config=one_layer.config) is None  # no mask at all: the fused causal kernel
+
+
+def test_far_keys_use_the_live_frequencies_of_dynamic_rope():
+    """Past the trained length dynamic RoPE swaps its frequencies during the forward; the re-rotated
+    sink keys must use those, not the ones in place when the run began. Reference: the NTK kind with
+    the factor dynamic RoPE reaches at that length, s' = s x L / L_trained - (s - 1), a static module."""
+    torch.manual_seed(5)
+    trained, length, factor = 32, 60, 2.0
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=trained,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e4})
+    model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation("lab_sdpa")
+    ids = torch.randint(0, 64, (1, length))
+    mask = MaskSpec("sinks", {"n_sink": 2, "window": 8, "reindex": 1})
+    with torch.inference_mode():
+        with run_state(model, RopeSpec("dynamic", factor), mask):
+            dynamic = model(input_ids=ids).logits
+        with run_state(model, RopeSpec("ntk", factor * length / trained - (factor - 1)), mask):
+            static = model(input_ids=ids).logits
+        with run_state(model, RopeSpec("dynamic", factor), MaskSpec("sliding_window", {"window": 8})):
+            no_sinks = model(input_ids=ids).logits
+    assert torch.allclose(dynamic, static, atol=1e-4)
+    assert not torch.allclose(dynamic, no_sinks, atol=1e-3)  # the sinks matter here
+
+
+def test_lambda_local_window_defaults_to_the_trained_length(one_layer):
+    """LM-Infinite's n_local is the model's trained length unless given: 128 positions here."""
+    assert MaskSpec("lambda").get("n_local") is None
+    ids = torch.randint(0, 64, (1, 40))
+    with torch.inference_mode():
+        with run_state(one_layer, RopeSpec(), MaskSpec("lambda")):
+            rule = current(one_layer.config).rule
+            ours = one_layer(input_ids=ids).logits
+        plain = one_layer(input_ids=ids).logits
+    assert rule.spec.get("n_local") == one_layer.config.max_position_embeddings == 128
+    assert torch.allclose(ours, plain, atol=1e-5)  # 40 tokens all fall inside a 128-token window
+    rows, _ = mask_grid(MaskSpec("lambda", {"n_global": 1}), 64, points=64, trained=16)
+    assert rows[40][:2] == [True, False] and rows[40][25] is True and rows[40][24] is False
+
+
+def test_giraffe_scale_divides_the_truncated_basis_by_the_factor():
+    plain, _ = frequencies(RopeSpec("giraffe", 4.0), 1e4, 64, 512)
+    scaled, _ = frequencies(RopeSpec("giraffe", 4.0, {"scale": 1}), 1e4, 64, 512)
+    assert torch.allclose(scaled, plain / 4) and (plain == 0).any() and (plain > 0).any()
+
+
+@pytest.mark.parametrize("distance", ["fixed", "clamp"])
+def test_lambda_distance_to_global_keys_fixed_or_clamped(one_layer, path, distance):
+    """Reference: the kept tokens alone at explicit positions; a global key j seen by query i sits at
+    distance d_max (the released code) or min(i - j, d_max) (the paper)."""
+    n_global, n_local, d_max, length = 2, 6, 10, 30
+    ids = torch.randint(0, 64, (length,))
+    spec = MaskSpec("lambda", {"n_global": n_global, "n_local": n_local, "d_max": d_max, "distance": distance})
+    with torch.inference_mode(), run_state(one_layer, RopeSpec(), spec):
+        ours = one_layer(input_ids=ids[None]).logits[0]
+    for i in (8, 9, 12, length - 1):
+        far = [j for j in range(n_global) if i - j >= n_local]
+        local = list(range(i - n_local + 1, i + 1))
+        far_at = [i - (d_max if distance == "fixed" else min(i - j, d_max)) for j in far]
+        expected = last_logits_at_positions(one_layer, ids[far + local], torch.tensor(far_at + local))
+        assert torch.allclose(ours[i], expected, atol=1e-4), (i, distance)

@@ -34,18 +34,22 @@ def test_u_curve_needs_three_depths():
     assert u_curve_indices({0: 1.0, 100: 0.0})["primacy"] is None
 
 
-@pytest.mark.parametrize("scores, threshold, expected", [
-    ({1000: 1.0, 2000: 0.9, 4000: 0.86, 8000: 0.5}, None, 4000),   # 85% of 1.0
-    ({1000: 1.0, 2000: 0.8, 4000: 0.9, 8000: 0.9}, None, 1000),    # must stay above: a dip ends it
-    ({1000: 0.6, 2000: 0.55, 4000: 0.2}, None, 2000),              # relative to a weak short score
-    ({1000: 0.6, 2000: 0.55, 4000: 0.2}, 0.856, None),             # a fixed 85.6 never met
-    ({1000: 0.9, 2000: 0.9, 4000: 0.9}, 0.85, 4000),
-    ({1000: 0.0, 2000: 0.0}, None, None),                          # nothing found at all
+@pytest.mark.parametrize("scores, threshold, ruler, before_failure", [
+    ({1000: 1.0, 2000: 0.9, 4000: 0.86, 8000: 0.5}, None, 4000, 4000),   # 85% of 1.0
+    ({1000: 1.0, 2000: 0.8, 4000: 0.9, 8000: 0.9}, None, 8000, 1000),    # RULER: a dip does not end it
+    ({1000: 0.6, 2000: 0.55, 4000: 0.2}, None, 2000, 2000),              # relative to a weak short score
+    ({1000: 0.6, 2000: 0.55, 4000: 0.2}, 0.856, None, None),             # a fixed 85.6 never met
+    ({1000: 0.9, 2000: 0.9, 4000: 0.9}, 0.85, 4000, 4000),
+    ({1000: 0.85, 2000: 0.84}, 0.85, 1000, 1000),                       # equal to the threshold passes
+    ({1000: 0.0, 2000: 0.0}, None, 2000, 2000),                          # 0 passes a threshold of 0
 ])
-def test_effective_length(scores, threshold, expected):
+def test_effective_length(scores, threshold, ruler, before_failure):
+    """Against RULER's rule written out: the largest length L with score(L) >= threshold."""
     result = effective_length(scores, threshold)
-    assert result["effective_length"] == expected
-    assert ("fixed" in result["rule"]) == (threshold is not None)
+    limit = threshold if threshold is not None else 0.85 * scores[min(scores)]
+    assert result["effective_length"] == ruler == max((n for n, s in scores.items() if s >= limit), default=None)
+    assert result["first_failure_length"] == before_failure
+    assert ("fixed" in result["rule"]) == (threshold is not None) and "RULER" in result["rule"]
 
 
 def test_grid_means_over_seeds_with_intervals():

@@ -31,6 +31,10 @@ class MaskKind(Kind):
         """Which keys each query sees (bool, q [Q, 1] against k [1, K]); segment ids given when needed."""
         raise NotImplementedError
 
+    def resolved(self, spec: MaskSpec, trained: int) -> MaskSpec:
+        """`spec` with the settings that depend on the model (its trained length) filled in."""
+        return spec
+
     def shares_positions(self, spec: MaskSpec) -> bool:
         return self.needs_documents and bool(spec.get("shared_positions"))
 

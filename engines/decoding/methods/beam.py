@@ -19,12 +19,14 @@ from engines.model.loading import LoadedModel
 
 @dataclass
 class _Group:
-    """One group of beams: running token lists and scores, and the finished beams kept so far."""
+    """One group of beams: running token lists, search scores (diversity penalties included) and true
+    log-probabilities, and the finished beams kept so far."""
 
     width: int
     tokens: list = field(default_factory=list)
     events: list = field(default_factory=list)
     scores: torch.Tensor | None = None
+    true: torch.Tensor | None = None
     done_scores: torch.Tensor | None = None
     done: list = field(default_factory=list)
     open: bool = True
@@ -34,6 +36,7 @@ class _Group:
         self.events = [[] for _ in range(self.width)]
         self.scores = torch.full((self.width,), -1e9)
         self.scores[0] = 0.0
+        self.true = torch.zeros(self.width)
         self.done_scores = torch.full((self.width,), -1e9)
         self.done = [None] * self.width
 
@@ -80,6 +83,7 @@ def stream_beams(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: i
             totals, flat = torch.topk((scored + group.scores[:, None]).reshape(-1), 2 * width)
             origin, token = (flat // vocab).tolist(), (flat % vocab).tolist()
             hits = torch.tensor([t in eos or step + 1 >= max_new_tokens for t in token])
+            true = torch.stack([group.true[o] + rows[o, t] for o, t in zip(origin, token)])  # no penalties
             all_hit &= bool(hits.all())
             made: dict[int, TokenEvent] = {}
 
@@ -104,14 +108,14 @@ def stream_beams(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: i
                 if not (finishing[r] and group.open):
                     return None
                 ended = group.events[origin[r]] + ([] if token[r] in eos else [event(r)])
-                return group.tokens[origin[r]] + [token[r]], ended
+                return group.tokens[origin[r]] + [token[r]], ended, float(true[r]) / (step + 1) ** length_penalty
 
             group.done_scores, group.done = merged[keep], [finished(i) for i in keep]
             running = torch.topk(totals - 1e9 * hits.float(), width)
             order = running.indices.tolist()
             group.events = [group.events[origin[r]] + [event(r)] for r in order]
             group.tokens = [group.tokens[origin[r]] + [token[r]] for r in order]
-            group.scores = running.values
+            group.scores, group.true = running.values, true[order]
             sources += [g * width + origin[r] for r in order]
             new_tokens += [token[r] for r in order]
             chosen_now += [token[r] for r in order]
@@ -137,13 +141,16 @@ def _beam_event(tokenizer, logp_row: torch.Tensor, tokens: list[int], token: int
 
 
 def _finished_beams(tokenizer, groups: list[_Group], count: int) -> list[dict]:
+    """Finished beams ranked by their true log-probability (length-penalised as beam search does);
+    `search_score` is the score the search kept them by (with diverse beam's penalties)."""
     finished = []
     for group in groups:
-        for score, item in zip(group.done_scores.tolist(), group.done):
+        for search_score, item in zip(group.done_scores.tolist(), group.done):
             if item is not None:
-                tokens, events = item
+                tokens, events, score = item
                 finished.append({"text": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
-                                 "score": round(score, 5), "token_ids": tokens, "events": events})
+                                 "score": round(score, 5), "search_score": round(search_score, 5),
+                                 "token_ids": tokens, "events": events})
     finished.sort(key=lambda beam: -beam["score"])
     return finished[:count]
 
@@ -187,7 +194,7 @@ class Beam(DecodingMethod):
                 yield item
         beams = item
         yield from beams[0]["events"] if beams else []
-        job.details = {"beams": [{k: b[k] for k in ("text", "score", "token_ids")} for b in beams],
+        job.details = {"beams": [{k: b[k] for k in ("text", "score", "search_score", "token_ids")} for b in beams],
                        "diversity": beam_diversity([b["token_ids"] for b in beams])}
 
 

@@ -24,8 +24,10 @@ def dola_layers(model, layers: str) -> list[int]:
 @register
 class Dola(ChooserMethod):
     """Final-layer log-probabilities minus those of the most different early layer (by JSD), only over
-    tokens the final layer finds plausible (p >= plausibility x the top probability); each early layer
-    is read through the model's final norm and output head."""
+    tokens the final layer finds plausible (p >= plausibility x the top probability). As in the
+    authors' code (and transformers' removed port), an early layer's raw hidden state goes straight to
+    the output head; norm=1 passes it through the model's final norm first. The JSD is the true one
+    (summed over the vocabulary; the authors' code takes the mean, which picks the same layer)."""
 
     name = "dola"
     description = "contrast the final layer with the early layer that differs most (layers: high, low or a number)"
@@ -34,6 +36,8 @@ class Dola(ChooserMethod):
         Setting("layers", "str", "high", "candidate early layers: high, low, or one layer number"),
         Setting("plausibility", "float", 0.1, "keep tokens with p >= this x the top probability; in (0, 1)"),
         Setting("repetition_penalty", "float", 1.2, "above 1 pushes down tokens already in the text"),
+        Setting("norm", "int", 0, "1: early layers pass through the final norm before the head (0: as the "
+                "authors' code)", 0, 1),
     )
 
     def check(self, values):
@@ -46,7 +50,8 @@ class Dola(ChooserMethod):
     def chooser(self, job):
         model, spec = job.loaded.model, job.spec
         candidates = dola_layers(model, str(spec.get("layers")))
-        norm, head = model.model.norm, model.get_output_embeddings()
+        head = model.get_output_embeddings()
+        norm = model.model.norm if spec.get("norm") else torch.nn.Identity()
         cutoff = float(torch.tensor(spec.get("plausibility")).log())
 
         def choose(logits, outputs, ids):
