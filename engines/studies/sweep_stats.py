@@ -84,6 +84,6 @@ def effective_length(score_by_length: dict[int, float], threshold: float | None 
     passing = [length for length in lengths if score_by_length[length] >= threshold]
     failing = [length for length in lengths if score_by_length[length] < threshold]
     before_failure = [length for length in passing if not failing or length < failing[0]]
-    return {"effective_length": max(passing, default=None), "threshold": threshold,
-            "rule": f"longest length scoring at or above {rule} (RULER)",
+    return {"effective_length": max(passing, default=None), "threshold": threshold, "rule": rule,
+            "length_rule": "RULER: the longest length whose score is at or above the threshold",
             "first_failure_length": max(before_failure, default=None)}

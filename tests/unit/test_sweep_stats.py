@@ -49,7 +49,7 @@ def test_effective_length(scores, threshold, ruler, before_failure):
     limit = threshold if threshold is not None else 0.85 * scores[min(scores)]
     assert result["effective_length"] == ruler == max((n for n, s in scores.items() if s >= limit), default=None)
     assert result["first_failure_length"] == before_failure
-    assert ("fixed" in result["rule"]) == (threshold is not None) and "RULER" in result["rule"]
+    assert ("fixed" in result["rule"]) == (threshold is not None) and "RULER" in result["length_rule"]
 
 
 def test_grid_means_over_seeds_with_intervals():
