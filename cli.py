@@ -29,7 +29,7 @@ from engines.config.specs import (
 from engines.decoding.generation import encode, format_prompt
 from engines.model.loading import MANAGER, console_progress
 from engines.probes.haystack import read_upload
-from engines.probes.runner import SCORE_MODES, max_prompt_tokens, run_free, run_probe
+from engines.probes.runner import SCORE_MODES, check_prompt_length, max_prompt_tokens, run_free, run_probe
 from engines.probes.tasks import ProbeSpec, build_probe, get_task, load_tasks
 from engines.studies.conflicts import conflict_summary, run_conflicts
 from engines.studies.sift import benchmark_summary, query_of, run_benchmark, run_sift
@@ -144,6 +144,7 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
     loaded = MANAGER.get(config.model, first_use_progress)
     prompt = format_prompt(loaded.tokenizer, args.context, args.question, config.chat_template)
     plain = format_prompt(loaded.tokenizer, "", args.question, config.chat_template)
+    check_prompt_length(loaded, prompt)
     capture = capture_for(args, loaded, prompt, args.question)
     *_, result = run_free(loaded, prompt, config, plain_prompt=plain, capture=capture)
     store, session_id = _run_log(args)

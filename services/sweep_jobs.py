@@ -13,7 +13,15 @@ from engines.model.loading import MANAGER, Progress, no_progress
 from engines.probes.haystack import HaystackError
 from engines.probes.runner import max_prompt_tokens
 from engines.studies.sweep_stats import by_depth, by_length, effective_length, u_curve_indices
-from engines.studies.sweeps import SweepSpec, build_cells, calibrate, computed_spans, estimate_seconds, run_sweep
+from engines.studies.sweeps import (
+    MAX_CELLS,
+    SweepSpec,
+    build_cells,
+    calibrate,
+    computed_spans,
+    estimate_seconds,
+    run_sweep,
+)
 from services.run_log import log_probe, write_run
 from storage.db import StorageError, Store, logging_enabled, new_id
 
@@ -113,7 +121,10 @@ def sweep_summary(rows: list[dict], threshold: float | None = None, value: str =
 
 
 def parse_list(text: str, kind, what: str) -> tuple:
-    """"1000,2000" -> (1000, 2000); a bad item raises HaystackError naming it."""
+    """"1000,2000" -> (1000, 2000); a bad item raises HaystackError naming it. A list longer than a
+    sweep can hold is refused on its separators, before it is split."""
+    if str(text).count(",") + str(text).count(";") >= MAX_CELLS:
+        raise HaystackError(f"{what} list is longer than a sweep holds ({MAX_CELLS} cells); give fewer values.")
     items = [item.strip() for item in str(text).replace(";", ",").split(",") if item.strip()]
     try:
         return tuple(kind(item) for item in items)

@@ -9,7 +9,7 @@ import gradio as gr
 from engines.attention.function import AttentionCapture
 from engines.attention.views import context_profile, layer_position, question_positions, stacked
 from engines.decoding.generation import GenerationResult, encode, format_prompt
-from engines.probes.runner import run_free
+from engines.probes.runner import check_prompt_length, run_free
 from services.run_flow import run_logged
 from services.run_log import log_generation, session_for
 from storage.db import Store
@@ -51,6 +51,8 @@ def probe(tab: ProbeTab, context, question, capture_wanted, state, *values, prog
         raise gr.Error("Enter a question: the probe needs something to ask about the context.")
     loaded = loaded_model(run_config, progress)
     prompt = format_prompt(loaded.tokenizer, context or "", question.strip(), run_config.chat_template)
+    with said_to_user():
+        check_prompt_length(loaded, prompt)
     prompt_tokens = len(encode(loaded.tokenizer, prompt)[0])
     capture = AttentionCapture(question_positions(loaded.tokenizer, prompt, question)) \
         if capture_wanted else None

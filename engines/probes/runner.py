@@ -85,6 +85,19 @@ def max_prompt_tokens(loaded: LoadedModel) -> int:
     return max(256, min(4 * trained, by_memory))
 
 
+def check_prompt_length(loaded: LoadedModel, prompt: str) -> None:
+    """Refuse a prompt longer than this model and the free memory allow: first on its characters (no
+    tokenizer work on a huge text; no token of this lab's tokenizers spans 32 characters), then on its tokens."""
+    limit = max_prompt_tokens(loaded)
+    if len(prompt) > 32 * limit:
+        raise SpecError(f"This prompt has {len(prompt):,} characters; this model and the free memory allow at most "
+                        f"{limit:,} tokens here. Shorten the context.")
+    tokens = len(encode(loaded.tokenizer, prompt)[0])
+    if tokens > limit:
+        raise SpecError(f"This prompt has {tokens:,} tokens; this model and the free memory allow at most {limit:,} "
+                        "here. Shorten the context.")
+
+
 @torch.inference_mode()
 def logprob_of(loaded: LoadedModel, prompt: str, target: str, lead: str = "",
                prefix: PrefixCache | None = None, positions: torch.Tensor | None = None) -> LogprobResult:
@@ -194,6 +207,7 @@ def run_free(loaded: LoadedModel, prompt: str, config: RunConfig,
     """A free prompt under the config's RoPE, mask and decoding: TokenEvents, then the GenerationResult;
     attention rows go into `capture` when one is given. `plain_prompt` (the prompt without its context)
     is what context-aware decoding contrasts with."""
+    check_prompt_length(loaded, prompt)
     if capture is not None:
         check_capture(config)
     with run_state(loaded.model, config.rope, config.mask, capture=capture):

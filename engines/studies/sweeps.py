@@ -35,6 +35,8 @@ def depth_grid(count: int, spacing: str = "linear") -> tuple[float, ...]:
         raise HaystackError(f"Unknown depth spacing '{spacing}'. Choose linear or sigmoid.")
     if count < 1:
         raise HaystackError("Give at least one depth.")
+    if count > MAX_CELLS:  # refused on the count, before any list is built
+        raise HaystackError(f"{count} depths is more than a sweep holds ({MAX_CELLS} cells); choose fewer depths.")
     if count == 1:
         return (50.0,)
     steps = [i / (count - 1) for i in range(count)]
@@ -78,8 +80,9 @@ class SweepSpec:
             raise HaystackError("Give one or more whole-number seeds, e.g. 1,2.")
         if self.mode not in SCORE_MODES:
             raise HaystackError(f"Unknown scoring mode '{self.mode}'. Choose generate or logprob.")
-        if len(self.cells()) > MAX_CELLS:
-            raise HaystackError(f"This grid has {len(self.cells())} cells; keep it to {MAX_CELLS} or fewer.")
+        count = len(self.lengths) * len(self.depths) * len(self.seeds)  # on the counts: no cell list yet
+        if count > MAX_CELLS:
+            raise HaystackError(f"This grid has {count} cells; keep it to {MAX_CELLS} or fewer.")
 
     def cells(self) -> list[Cell]:
         return [Cell(n, float(d), s) for n in self.lengths for d in self.depths for s in self.seeds]

@@ -34,6 +34,10 @@ def test_bad_settings_come_back_as_a_sentence(served_app):
         client.predict("ctx", "q", *{**CONFIG, "mask": "sinks:n_sink=8,window=4"}.values(), api_name="/probe")
     with pytest.raises(Exception, match="Could not fetch the model"):
         client.predict("ctx", "q", *{**CONFIG, "model": "someone/unreachable"}.values(), api_name="/probe")
+    with pytest.raises(Exception, match="tokens; this model and the free memory allow at most .* Shorten the context"):
+        client.predict("The grass is green. " * 9000, "q", *CONFIG.values(), api_name="/probe")  # about 45K tokens
+    with pytest.raises(Exception, match="characters; .* Shorten the context"):
+        client.predict("x" * 1_100_000, "q", *CONFIG.values(), api_name="/probe")  # refused before tokenizing
 
 
 def test_probe_with_attention_capture_shows_and_logs_it(served_app):

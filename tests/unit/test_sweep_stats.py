@@ -1,11 +1,13 @@
 """Sweep numbers on table-driven grids: Wilson intervals, U-curve indices, effective length, depth grids."""
 import math
+import tracemalloc
 
 import pytest
 
 from engines.probes.haystack import HaystackError
 from engines.studies.sweep_stats import by_depth, effective_length, grid, u_curve_indices, wilson_interval
-from engines.studies.sweeps import SweepSpec, depth_grid
+from engines.studies.sweeps import MAX_CELLS, SweepSpec, depth_grid
+from services.sweep_jobs import parse_list
 from ui import figures
 
 
@@ -98,3 +100,21 @@ def test_heatmap_leaves_unfinished_cells_blank_and_difference_is_b_minus_a():
     assert [list(r) for r in figures.difference_heatmap(rows_a, rows_b, (1000,), (0.0,)).data[0].z] == [[-1.0]]
     curve = figures.length_curve(rows_a + [{"length": 2000, "depth": 0.0, "correct": False, "score": 0.0}])
     assert any("effective length 1000" in str(a.text) for a in curve.layout.annotations)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: depth_grid(10**9),
+    lambda: SweepSpec("passkey", (1000,), (50.0,), tuple(range(MAX_CELLS + 1))),
+    lambda: parse_list(",".join(["1000"] * 10**6), int, "Lengths"),
+])
+def test_absurd_grids_are_refused_on_their_counts_with_memory_flat(build):
+    """A sweep estimate asked for 10**9 depths once grew the server to 20 GB: now the count is refused
+    before any list of depths or cells is built."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(HaystackError, match="(holds|keep it to) .*2000"):
+            build()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20
