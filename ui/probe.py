@@ -8,7 +8,7 @@ import gradio as gr
 
 from engines.attention.function import AttentionCapture
 from engines.attention.views import context_profile, layer_position, question_positions, stacked
-from engines.decoding.generation import GenerationResult, encode, format_prompt
+from engines.decoding.generation import GenerationResult, format_prompt
 from engines.probes.runner import check_prompt_length, run_free
 from services.run_flow import run_logged
 from services.run_log import log_generation, session_for
@@ -52,8 +52,7 @@ def probe(tab: ProbeTab, context, question, capture_wanted, state, *values, prog
     loaded = loaded_model(run_config, progress)
     prompt = format_prompt(loaded.tokenizer, context or "", question.strip(), run_config.chat_template)
     with said_to_user():
-        check_prompt_length(loaded, prompt)
-    prompt_tokens = len(encode(loaded.tokenizer, prompt)[0])
+        prompt_tokens = check_prompt_length(loaded, prompt)
     capture = AttentionCapture(question_positions(loaded.tokenizer, prompt, question)) \
         if capture_wanted else None
     log_to, session_id, state = session_for(tab.store, state)

@@ -85,9 +85,10 @@ def max_prompt_tokens(loaded: LoadedModel) -> int:
     return max(256, min(4 * trained, by_memory))
 
 
-def check_prompt_length(loaded: LoadedModel, prompt: str) -> None:
-    """Refuse a prompt longer than this model and the free memory allow: first on its characters (no
-    tokenizer work on a huge text; no token of this lab's tokenizers spans 32 characters), then on its tokens."""
+def check_prompt_length(loaded: LoadedModel, prompt: str) -> int:
+    """The prompt's token count; a prompt longer than this model and the free memory allow is refused,
+    first on its characters (no tokenizer work on a huge text; no token of this lab's tokenizers spans
+    32 characters), then on its tokens."""
     limit = max_prompt_tokens(loaded)
     if len(prompt) > 32 * limit:
         raise SpecError(f"This prompt has {len(prompt):,} characters; this model and the free memory allow at most "
@@ -96,6 +97,7 @@ def check_prompt_length(loaded: LoadedModel, prompt: str) -> None:
     if tokens > limit:
         raise SpecError(f"This prompt has {tokens:,} tokens; this model and the free memory allow at most {limit:,} "
                         "here. Shorten the context.")
+    return tokens
 
 
 @torch.inference_mode()
