@@ -89,10 +89,15 @@ class KindSpec:
     def _label(self, lead: str = "") -> str:
         shown = [lead] if lead else []
         for key, value in self.params.items():
-            text = "/".join(f"{v:g}" for v in value) if isinstance(value, list) else (
-                f"{value:g}" if isinstance(value, float) else value)
+            text = "/".join(map(_number, value)) if isinstance(value, list) else (
+                _number(value) if isinstance(value, float) else value)
             shown.append(f"{key}={text}")
         return self.name + (":" + ",".join(shown) if shown else "")
+
+
+def _number(value: float) -> str:
+    """A float as a setting is written back: whole numbers without '.0', the rest exactly (repr)."""
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 FACTOR = Setting("factor", "float", 1.0, "the scale s: how many times the trained length to reach", 0.0, 64.0)
@@ -116,7 +121,7 @@ class RopeSpec(KindSpec):
 
     @property
     def label(self) -> str:
-        return self._label(f"{self.factor:g}" if self.factor != 1 else "")
+        return self._label(_number(self.factor) if self.factor != 1 else "")
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "factor": self.factor, "params": dict(self.params)}
