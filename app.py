@@ -10,6 +10,7 @@ import sys
 import threading
 
 from engines.config.paths import ASSETS
+from engines.config.policy import limits
 
 METHODS = ASSETS.parent / "docs" / "METHODS.md"
 
@@ -18,12 +19,18 @@ def build_ui(store):
     """Assemble the tabs around the shared configuration panel."""
     import gradio as gr
 
-    from ui import context_tab, decoding_tab, haystack, model_panel, probe, sessions, sift_tab, sweep
+    from ui import admission, context_tab, decoding_tab, haystack, model_panel, probe, sessions, sift_tab, sweep
 
     with gr.Blocks(title="Context Lab") as demo:
         gr.Markdown("# Context Lab\nSee and measure how language models use, and fail to use, their context.",
                     elem_classes="lab-header")
-        session = gr.State({"id": None, "log": True})  # this browser's session id and logging switch
+        if store is not None and store.set_aside is not None:
+            gr.Markdown("**The run log was damaged** (it failed SQLite's integrity check at start), so it was set "
+                        "aside untouched and a new one was started: earlier runs are not listed. The operator "
+                        "has the damaged file.", elem_id="run-log-set-aside")
+        # this page's visitor key, session id and logging switch; the key also lives in the browser
+        session = gr.State({"visitor": None, "id": None, "log": True})
+        visitor_key = gr.BrowserState(None, storage_key="context-lab-visitor", secret="context-lab")
         config = model_panel.build()
         with gr.Tabs() as tabs:
             probe.build(config, store, session)
@@ -35,12 +42,13 @@ def build_ui(store):
             if store is None:  # the run log could not be opened: the lab serves without it
                 sessions.unavailable()
             else:
-                deep_link, targets = sessions.build(store, session, tabs)
+                on_load, load_inputs, load_outputs = sessions.build(store, session, tabs, visitor_key)
         with gr.Accordion("Methods, their references, and where the lab differs", open=False,
                           elem_id="methods"):
             gr.Markdown(METHODS.read_text())
         if store is not None:
-            demo.load(deep_link, None, targets, api_name=False)
+            demo.load(on_load, load_inputs, load_outputs, api_name=False)
+    admission.guard(demo)
     return demo
 
 
@@ -63,13 +71,20 @@ def serve() -> None:
     except StorageError as exc:  # the lab still serves; runs are not logged
         print(f"[context-lab] {exc} Runs will not be logged.", file=sys.stderr)
         store = None
+    if store is not None and store.set_aside is not None:
+        print(f"[context-lab] the run log failed its integrity check; moved to {store.set_aside}", file=sys.stderr)
     demo = build_ui(store)
     if os.environ.get("CONTEXT_LAB_PRELOAD", "1") != "0":
         threading.Thread(target=preload_default_model, name="preload", daemon=True).start()
-    demo.queue(default_concurrency_limit=4).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        css_paths=[ASSETS / "style.css"], footer_links=["api", "settings"])
+    launch(demo, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+           server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+
+
+def launch(demo, **where) -> None:
+    """Queue and serve the UI: four jobs at once (those holding the model take turns), uploads
+    within the deployment's file cap."""
+    demo.queue(default_concurrency_limit=4).launch(css_paths=[ASSETS / "style.css"], footer_links=["api", "settings"],
+                                                   max_file_size=f"{limits().file_mb}mb", **where)
 
 
 def main(argv: list[str]) -> int:

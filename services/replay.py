@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engines.config.policy import limits
 from engines.config.specs import RunConfig
 from engines.decoding.generation import format_prompt
 from engines.model.loading import MANAGER, Progress, no_progress
@@ -33,15 +34,19 @@ def stored_probe(store: Store, run: dict, loaded, config: RunConfig) -> ProbeIns
     return build_probe(loaded.tokenizer, spec, config.chat_template, upload_text, max_prompt_tokens(loaded))
 
 
-def replay(store: Store, run_id: str, progress: Progress = no_progress) -> dict[str, Any]:
-    """Run `run_id` again with its stored configuration; report identical and the differences."""
+def replay(store: Store, run_id: str, progress: Progress = no_progress,
+           session_id: str | None = None) -> dict[str, Any]:
+    """Run `run_id` again with its stored configuration; report identical and the differences. The
+    replay is logged in `session_id` (default: the run's own session)."""
     run = store.get_run(run_id)
     if run is None:
         raise StorageError(f"No run with id '{run_id}'; python app.py sessions lists the runs.")
     config = RunConfig.from_dict(run["config"])
-    kind, inputs, session_id = run["kind"], run["inputs"], run["session_id"]
+    limits().check_run(config)
+    kind, inputs = run["kind"], run["inputs"]
+    session_id = session_id or run["session_id"]
     if kind == "sweep":
-        return _replay_sweep(store, run, config)
+        return _replay_sweep(store, run, config, session_id)
     loaded = MANAGER.get(config.model, progress)
     if "probe" in inputs:  # a task probe or a sweep cell: rebuilt from its spec
         instance = stored_probe(store, run, loaded, config)
@@ -80,9 +85,9 @@ def replay(store: Store, run_id: str, progress: Progress = no_progress) -> dict[
             "replay_run_id": new_id}
 
 
-def _replay_sweep(store: Store, run: dict, config: RunConfig) -> dict[str, Any]:
+def _replay_sweep(store: Store, run: dict, config: RunConfig, session_id: str) -> dict[str, Any]:
     spec = SweepSpec.from_dict(run["inputs"]["sweep"])
-    job = open_job(store, run["session_id"], config, spec, label=f"replay of {run['sweep_id']}")
+    job = open_job(store, session_id, config, spec, label=f"replay of {run['sweep_id']}")
     for _ in run_job(job, store):
         pass
     old = {c["key"]: c for c in run["outputs"]["cells"]}

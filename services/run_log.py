@@ -4,12 +4,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from engines.config.specs import RunConfig
 from engines.decoding.generation import GenerationResult
 from engines.model.loading import LoadedModel
 from engines.probes.runner import ProbeOutcome
 from engines.probes.tasks import ProbeSpec
-from storage.db import StorageError, Store, logging_enabled
+from services.visitors import session_to_log, with_visitor
+from storage.db import StorageError, Store, logging_enabled, new_id
 
 log = logging.getLogger("context_lab")
 
@@ -24,21 +27,31 @@ def log_generation(store: Store | None, session_id: str, kind: str, config: RunC
 
 
 def session_for(store: Store | None, state: dict | None) -> tuple[Store | None, str, dict]:
-    """The store to log into (None when this browser session switched logging off), the session id
-    (created on first use) and the updated per-browser state {"id": ..., "log": ...}."""
-    state = dict(state or {"id": None, "log": True})
+    """The store to log into (None when this visitor switched logging off), the visitor's session id
+    (created on first use) and the updated page state {"visitor", "id", "log"}. A run log that cannot
+    be read or written here still gives an id: the run goes ahead and its save reports the problem."""
+    state = with_visitor(state)
     if store is None or not state.get("log", True) or not logging_enabled():
         return None, state.get("id") or "", state
-    if not state.get("id"):
-        state["id"] = store.new_session()
-    return store, state["id"], state
+    try:
+        session_id, state = session_to_log(store, state)
+    except SQLAlchemyError as exc:
+        log.warning("no session for this run: %s", exc)
+        state["id"] = state.get("id") or new_id()
+        return store, state["id"], state
+    return store, session_id, state
 
 
 def remember_upload(store: Store | None, spec: ProbeSpec, upload_text: str | None) -> ProbeSpec:
     """Store an uploaded haystack once and name it in the spec, so the run can be rebuilt later."""
     if upload_text is None or store is None or not logging_enabled():
         return spec
-    return dataclasses.replace(spec, params=spec.params | {"_upload_sha256": store.put_text(upload_text)})
+    try:
+        digest = store.put_text(upload_text)
+    except SQLAlchemyError as exc:  # the run goes ahead; saving it reports the problem
+        log.warning("upload not stored: %s", exc)
+        return spec
+    return dataclasses.replace(spec, params=spec.params | {"_upload_sha256": digest})
 
 
 def log_probe(store: Store | None, session_id: str, config: RunConfig, loaded: LoadedModel,
@@ -68,7 +81,7 @@ def write_run(store: Store | None, session_id: str, kind: str, config: RunConfig
                              loaded.provenance() if loaded else {},
                              prompt=prompt, **columns)
     except Exception as exc:  # SQLAlchemy raises many kinds for a locked or read-only file
-        log.warning("run not logged: %s", exc)
-        raise StorageError(f"The run finished but could not be saved to {store.url} ({type(exc).__name__}): "
-                           "check that the data directory is writable and not locked, or set "
-                           "CONTEXT_LAB_DATA to another directory.") from exc
+        log.warning("run not logged in %s: %s", store.url, exc)
+        raise StorageError(f"The run finished but could not be saved to the run log ({type(exc).__name__}); "
+                           "the answer is shown but not kept. The lab's operator should make its data "
+                           "directory writable and not locked, or set CONTEXT_LAB_DATA to another directory.") from exc

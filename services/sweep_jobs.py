@@ -5,8 +5,11 @@ record; resuming runs only the cells not stored yet. At the end a `sweep` summar
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from engines.config.specs import RunConfig
 from engines.model.loading import MANAGER, Progress, no_progress
@@ -14,16 +17,18 @@ from engines.probes.haystack import HaystackError
 from engines.probes.runner import max_prompt_tokens
 from engines.studies.sweep_stats import by_depth, by_length, effective_length, u_curve_indices
 from engines.studies.sweeps import (
-    MAX_CELLS,
     SweepSpec,
     build_cells,
     calibrate,
+    check_cells,
     computed_spans,
     estimate_seconds,
     run_sweep,
 )
 from services.run_log import log_probe, write_run
 from storage.db import StorageError, Store, logging_enabled, new_id
+
+log = logging.getLogger("context_lab")
 
 
 @dataclass
@@ -35,6 +40,7 @@ class SweepJob:
     rows: list[dict] = field(default_factory=list)  # finished cells, stored ones first
     upload_text: str | None = None
     status: str = "running"
+    warning: str | None = None  # the run log could not be written: cells are shown, not kept
 
     @property
     def total(self) -> int:
@@ -49,17 +55,26 @@ def open_job(store: Store | None, session_id: str, config: RunConfig | None = No
     if resume_id:
         record = store.get_sweep(resume_id) if store else None
         if record is None:
-            raise StorageError(f"No sweep with id '{resume_id}' in {store.url if store else 'the run log'}; "
+            raise StorageError(f"No sweep with id '{resume_id}' in the run log; "
                                "check the id (python app.py sessions lists them).")
         spec, config = SweepSpec.from_dict(record["spec"]), RunConfig.from_dict(record["config"])
         upload_hash = record["spec"].get("params", {}).get("_upload_sha256")
         rows = [run["outputs"]["row"] for run in store.sweep_cells(resume_id)]
         return SweepJob(resume_id, record["session_id"], spec, config, rows,
                         store.get_text(upload_hash) if upload_hash else None)
-    if upload_text is not None and saving:
-        spec = SweepSpec.from_dict(spec.to_dict() | {"params": spec.params | {"_upload_sha256": store.put_text(upload_text)}})
-    sweep_id = store.create_sweep(session_id, spec.to_dict(), config.to_dict(), label) if saving else new_id()
+    try:
+        if upload_text is not None and saving:
+            spec = SweepSpec.from_dict(spec.to_dict() | {"params": spec.params | {"_upload_sha256": store.put_text(upload_text)}})
+        sweep_id = store.create_sweep(session_id, spec.to_dict(), config.to_dict(), label) if saving else new_id()
+    except SQLAlchemyError as exc:  # the sweep still runs and shows its cells
+        return SweepJob(new_id(), session_id, spec, config, [], upload_text, warning=unsaved(exc))
     return SweepJob(sweep_id, session_id, spec, config, [], upload_text)
+
+
+def unsaved(exc: Exception) -> str:
+    log.warning("sweep not logged: %s", exc)
+    return (f"The run log cannot be written ({type(exc).__name__}): the cells are shown but not kept, and this "
+            "sweep cannot be resumed.")
 
 
 def prepare(job: SweepJob, progress: Progress = no_progress):
@@ -90,25 +105,33 @@ def run_job(job: SweepJob, store: Store | None, progress: Progress = no_progress
     spec = job.spec
     stored = {row["key"] for row in job.rows}
     completed = False
+    if job.warning or not logging_enabled():
+        store = None
     try:
         for result in MANAGER.stream(job.config.model, lambda model, stop: run_sweep(
                 model, spec, cells, stop, job.config)):
             row = result.row()
             if row["key"] in stored:  # never twice, even if a resumed job overlaps
                 continue
-            log_probe(store, job.session_id, job.config, loaded, result.outcome, kind="sweep_cell",
-                      extra={"row": row}, sweep_id=job.sweep_id, cell=row["key"])
+            try:
+                log_probe(store, job.session_id, job.config, loaded, result.outcome, kind="sweep_cell",
+                          extra={"row": row}, sweep_id=job.sweep_id, cell=row["key"])
+            except StorageError as exc:
+                job.warning, store = unsaved(exc.__cause__ or exc), None
             job.rows.append(row)
             yield row
         completed = len(job.rows) == job.total
     finally:
         job.status = "done" if completed else "cancelled"
-        if store is not None and logging_enabled():
-            store.set_sweep_status(job.sweep_id, job.status)
-            if completed:
-                write_run(store, job.session_id, "sweep", job.config, loaded, {"sweep": spec.to_dict()},
-                       sweep_summary(job.rows), None, task=spec.task, sweep_id=job.sweep_id,
-                       score=sum(r["score"] for r in job.rows) / len(job.rows))
+        if store is not None:
+            try:
+                store.set_sweep_status(job.sweep_id, job.status)
+                if completed:
+                    write_run(store, job.session_id, "sweep", job.config, loaded, {"sweep": spec.to_dict()},
+                              sweep_summary(job.rows), None, task=spec.task, sweep_id=job.sweep_id,
+                              score=sum(r["score"] for r in job.rows) / len(job.rows))
+            except (SQLAlchemyError, StorageError) as exc:
+                job.warning = unsaved(exc)
 
 
 def sweep_summary(rows: list[dict], threshold: float | None = None, value: str = "correct") -> dict:
@@ -123,8 +146,8 @@ def sweep_summary(rows: list[dict], threshold: float | None = None, value: str =
 def parse_list(text: str, kind, what: str) -> tuple:
     """"1000,2000" -> (1000, 2000); a bad item raises HaystackError naming it. A list longer than a
     sweep can hold is refused on its separators, before it is split."""
-    if str(text).count(",") + str(text).count(";") >= MAX_CELLS:
-        raise HaystackError(f"{what} list is longer than a sweep holds ({MAX_CELLS} cells); give fewer values.")
+    values = str(text).count(",") + str(text).count(";") + 1
+    check_cells(values, f"A {what.lower()} list of {values} values")
     items = [item.strip() for item in str(text).replace(";", ",").split(",") if item.strip()]
     try:
         return tuple(kind(item) for item in items)

@@ -6,9 +6,13 @@ the mapped classes below describe the schema the last migration leaves.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import secrets
+import sqlite3
 import threading
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,10 +26,14 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    cast,
     create_engine,
+    delete,
     event,
+    false,
     func,
     inspect,
+    or_,
     select,
     text,
 )
@@ -34,6 +42,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from engines.config.errors import StorageError
 from engines.config.paths import lab_home
+
+log = logging.getLogger("context_lab")
 
 
 class Base(DeclarativeBase):
@@ -52,6 +62,17 @@ class LabSession(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)  # a visitor's hashed key; None: the CLI
+
+
+class Share(Base):
+    """A published session or run: anyone with the token may read it, nobody else may change it."""
+
+    __tablename__ = "shares"
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id"), index=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class StoredContext(Base):
@@ -61,6 +82,9 @@ class StoredContext(Base):
     hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     text: Mapped[str] = mapped_column(Text)
     chars: Mapped[int] = mapped_column(Integer)
+
+
+RUN_KINDS = ("probe", "sweep", "sweep_cell", "conflicts", "head_masking", "sift", "sift_benchmark")
 
 
 class Run(Base):
@@ -122,6 +146,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "CREATE INDEX ix_runs_sweep_id ON runs (sweep_id)",
         "CREATE UNIQUE INDEX ux_runs_sweep_cell ON runs (sweep_id, cell)",
     ]),
+    (3, "session owners, and shared sessions and runs", [
+        "ALTER TABLE sessions ADD COLUMN owner VARCHAR(64)",
+        "CREATE INDEX ix_sessions_owner ON sessions (owner)",
+        "CREATE TABLE shares (token VARCHAR(64) PRIMARY KEY, session_id VARCHAR(32) REFERENCES sessions(id), "
+        "run_id VARCHAR(32) REFERENCES runs(id), created_at TIMESTAMP NOT NULL)",
+        "CREATE INDEX ix_shares_session_id ON shares (session_id)",
+        "CREATE INDEX ix_shares_run_id ON shares (run_id)",
+    ]),
 ]
 
 
@@ -155,8 +187,11 @@ class Store:
 
     def __init__(self, url: str | None = None):
         self.url = url or database_url()
+        self.set_aside: Path | None = None  # a damaged SQLite file moved out of the way at start
         if self.url.startswith("sqlite:///") and not self.url.startswith("sqlite:///file:"):
-            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(self.url.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.set_aside = set_aside_if_damaged(path)
         self.engine = create_engine(self.url, connect_args={"timeout": 30} if self.url.startswith("sqlite") else {})
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -165,8 +200,8 @@ class Store:
         try:
             self.migrate()
         except SQLAlchemyError as exc:
-            raise StorageError(f"Cannot open the run log at {self.url} ({type(exc).__name__}: "
-                               f"{str(exc.orig if hasattr(exc, 'orig') else exc)[:120]}); make the data directory "
+            log.error("cannot open the run log at %s: %s", self.url, exc)
+            raise StorageError(f"Cannot open the run log ({type(exc).__name__}); make its data directory "
                                "writable, free the lock, or set CONTEXT_LAB_DATA / CONTEXT_LAB_DATABASE_URL to "
                                "another place.") from exc
 
@@ -192,11 +227,11 @@ class Store:
         with self._sessions() as db:
             return max(db.scalars(select(SchemaMigration.version)).all(), default=0)
 
-    def new_session(self, name: str = "") -> str:
+    def new_session(self, name: str = "", owner: str | None = None) -> str:
         session_id = new_id()
         with self._sessions.begin() as db:
             db.add(LabSession(id=session_id, name=name or f"Session {_now():%Y-%m-%d %H:%M}",
-                              created_at=_now()))
+                              created_at=_now(), owner=owner))
         return session_id
 
     def put_text(self, text_value: str) -> str:
@@ -273,9 +308,13 @@ class Store:
 
     def list_runs(self, session_id: str | None = None, limit: int = 200, *, kind: str | None = None,
                   model: str | None = None, task: str | None = None, since: datetime | None = None,
-                  min_score: float | None = None, include_cells: bool = True) -> list[dict[str, Any]]:
-        """Runs, newest first, filtered by the typed columns people filter on."""
+                  min_score: float | None = None, include_cells: bool = True,
+                  owners: Collection[str | None] | None = None) -> list[dict[str, Any]]:
+        """Runs, newest first, filtered by the typed columns people filter on (and by their
+        sessions' owners, see `list_sessions`)."""
         query = select(Run).order_by(Run.created_at.desc()).limit(limit)
+        if owners is not None:
+            query = query.join(LabSession, Run.session_id == LabSession.id).where(_owned_by(owners))
         if session_id:
             query = query.where(Run.session_id == session_id)
         if kind:
@@ -293,20 +332,88 @@ class Store:
         with self._sessions() as db:
             return [_run_dict(run) for run in db.scalars(query)]
 
-    def list_sessions(self) -> list[dict[str, Any]]:
-        """Every session with its run count, newest first."""
+    def list_sessions(self, owners: Collection[str | None] | None = None) -> list[dict[str, Any]]:
+        """Every session with its run count, newest first; with `owners`, only theirs (None in it
+        stands for the sessions no visitor owns: those the CLI logged)."""
         counts = select(Run.session_id, func.count(Run.id)).group_by(Run.session_id)
+        query = select(LabSession).order_by(LabSession.created_at.desc())
+        if owners is not None:
+            query = query.where(_owned_by(owners))
         with self._sessions() as db:
             runs = dict(db.execute(counts).all())
             return [{"id": s.id, "name": s.name, "created_at": s.created_at.isoformat(timespec="seconds"),
-                     "runs": runs.get(s.id, 0)}
-                    for s in db.scalars(select(LabSession).order_by(LabSession.created_at.desc()))]
+                     "runs": runs.get(s.id, 0)} for s in db.scalars(query)]
 
     def get_session(self, session_id: str) -> dict[str, Any] | None:
         with self._sessions() as db:
             found = db.get(LabSession, session_id)
-            return None if found is None else {"id": found.id, "name": found.name,
+            return None if found is None else {"id": found.id, "name": found.name, "owner": found.owner,
                                                 "created_at": found.created_at.isoformat(timespec="seconds")}
+
+    def share(self, *, session_id: str | None = None, run_id: str | None = None) -> str:
+        """Publish a session or a run; returns its unguessable token (the same one when shared again)."""
+        with self._sessions.begin() as db:
+            found = db.scalars(select(Share).where(Share.session_id == session_id, Share.run_id == run_id)).first()
+            if found is not None:
+                return found.token
+            token = secrets.token_urlsafe(24)
+            db.add(Share(token=token, session_id=session_id, run_id=run_id, created_at=_now()))
+        return token
+
+    def shared_item(self, token: str) -> dict[str, str | None] | None:
+        """What a share token opens: {"session_id": ..., "run_id": ...}, or None."""
+        with self._sessions() as db:
+            found = db.get(Share, token) if token and len(token) <= 64 else None
+            return None if found is None else {"session_id": found.session_id, "run_id": found.run_id}
+
+    def is_shared(self, *, session_id: str | None = None, run_id: str | None = None) -> bool:
+        """Whether this session is published, or this run is (itself or through its session)."""
+        with self._sessions() as db:
+            if run_id is not None:
+                run = db.get(Run, run_id)
+                if run is None:
+                    return False
+                session_id = run.session_id
+            clause = Share.session_id == session_id
+            if run_id is not None:
+                clause = or_(clause, Share.run_id == run_id)
+            return db.scalars(select(Share.token).where(clause)).first() is not None
+
+    def delete_run(self, run_id: str) -> int:
+        """Delete a run (a sweep's summary run takes its sweep and cells with it) and the stored texts
+        nothing refers to any more; returns how many runs went."""
+        with self._sessions.begin() as db:
+            run = db.get(Run, run_id)
+            if run is None:
+                return 0
+            runs = [run]
+            if run.kind == "sweep" and run.sweep_id:
+                runs = list(db.scalars(select(Run).where(Run.sweep_id == run.sweep_id)))
+            return self._delete(db, runs, [db.get(Sweep, run.sweep_id)] if len(runs) > 1 else [])
+
+    def delete_session(self, session_id: str) -> int:
+        """Delete a session with its runs, sweeps and shares; returns how many runs went."""
+        with self._sessions.begin() as db:
+            runs = list(db.scalars(select(Run).where(Run.session_id == session_id)))
+            sweeps = list(db.scalars(select(Sweep).where(Sweep.session_id == session_id)))
+            count = self._delete(db, runs, sweeps)
+            db.execute(delete(Share).where(Share.session_id == session_id))
+            db.execute(delete(LabSession).where(LabSession.id == session_id))
+            return count
+
+    def _delete(self, db: Session, runs: list[Run], sweeps: list[Sweep | None]) -> int:
+        ids = [r.id for r in runs]
+        texts = {r.prompt_hash for r in runs} | {_upload_of(r.inputs.get("probe", {})) for r in runs}
+        texts |= {_upload_of(w.spec) for w in sweeps if w is not None}
+        db.execute(delete(Share).where(Share.run_id.in_(ids)))
+        db.execute(delete(Run).where(Run.id.in_(ids)))
+        db.execute(delete(Sweep).where(Sweep.id.in_([w.id for w in sweeps if w is not None])))
+        for digest in texts - {None}:  # a text goes once no run or sweep names it
+            named = select(Run.id).where(or_(Run.prompt_hash == digest, cast(Run.inputs, Text).contains(digest)))
+            if (db.scalars(named).first() is None
+                    and db.scalars(select(Sweep.id).where(cast(Sweep.spec, Text).contains(digest))).first() is None):
+                db.execute(delete(StoredContext).where(StoredContext.hash == digest))
+        return len(ids)
 
     def rename_session(self, session_id: str, name: str) -> None:
         name = name.strip()
@@ -317,6 +424,46 @@ class Store:
             if found is None:
                 raise StorageError(f"No session with id '{session_id}'.")
             found.name = name
+
+
+def _owned_by(owners: Collection[str | None]):
+    """Sessions whose owner is one of `owners` (None in it: sessions without an owner)."""
+    known = [o for o in owners if o is not None]
+    clauses = ([LabSession.owner.in_(known)] if known else []) + ([LabSession.owner.is_(None)] if None in owners else [])
+    return or_(*clauses) if clauses else false()
+
+
+def _upload_of(spec: dict) -> str | None:
+    return (spec.get("params") or {}).get("_upload_sha256")
+
+
+def set_aside_if_damaged(path: Path) -> Path | None:
+    """Run SQLite's quick_check on an existing run log; a damaged file (and its WAL) is renamed, never
+    written into, and the lab starts a new one. Returns where the damaged file went."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.OperationalError:  # locked or unreadable, not damaged: opening it says what to do
+        return None
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "disk image is malformed"
+        verdict = str(exc)
+    finally:
+        conn.close()
+    if verdict == "ok":
+        return None
+    moved = path.with_name(f"{path.name}.damaged-{_now():%Y%m%d-%H%M%S}")
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{path}{suffix}").exists():
+                Path(f"{path}{suffix}").rename(f"{moved}{suffix}")
+    except OSError as exc:
+        raise StorageError("The run log is damaged and could not be moved aside; the lab runs without it. "
+                           "Move or repair the damaged database file and restart.") from exc
+    log.error("the run log %s failed SQLite's quick_check (%s); moved to %s, a new one is started",
+              path, verdict[:200], moved)
+    return moved
 
 
 def _run_dict(run: Run) -> dict[str, Any]:

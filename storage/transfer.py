@@ -13,7 +13,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from storage.db import LabSession, Run, StorageError, Store, StoredContext, Sweep, _now, _run_dict, new_id
+from engines.config.errors import LabError
+from engines.config.specs import RunConfig
+from storage.db import RUN_KINDS, LabSession, Run, StorageError, Store, StoredContext, Sweep, _now, _run_dict, new_id
 
 FORMAT = "context-lab-session"
 VERSION = 1
@@ -42,7 +44,7 @@ def export_session(store: Store, session_id: str) -> dict[str, Any]:
     for run in runs:
         run.pop("session_id")
     return {"format": FORMAT, "version": VERSION, "exported_at": _now().isoformat(),
-            "session": session, "sweeps": sweeps, "runs": runs, "contexts": contexts}
+            "session": {k: v for k, v in session.items() if k != "owner"}, "sweeps": sweeps, "runs": runs, "contexts": contexts}
 
 
 def nesting_depth(raw: str) -> int:
@@ -132,23 +134,54 @@ def validate(raw: bytes) -> dict[str, Any]:
             raise ImportRejected(f"The stored text {digest[:12]}... does not match its hash; the file was changed.")
     for i, sweep in enumerate(sweeps):
         _check_fields(sweep, SWEEP_FIELDS, f"Sweep {i + 1}")
+        _check_grid(sweep["spec"], f"Sweep {i + 1}")
     sweep_ids = {w["id"] for w in sweeps}
+    if len(sweep_ids) < len(sweeps):
+        raise ImportRejected("Two sweeps in the file have the same id; export the session again.")
+    cells, configs = set(), set()
     for i, run in enumerate(runs):
         _check_fields(run, RUN_FIELDS, f"Run {i + 1}")
+        if run["kind"] not in RUN_KINDS:
+            raise ImportRejected(f"Run {i + 1} is of kind '{run['kind'][:40]}', which this lab does not know "
+                                 f"({', '.join(RUN_KINDS)}).")
         if run["prompt_hash"] is not None and run["prompt_hash"] not in contexts:
             raise ImportRejected(f"Run {i + 1} refers to a prompt that the file does not contain.")
         if run["sweep_id"] is not None and run["sweep_id"] not in sweep_ids:
             raise ImportRejected(f"Run {i + 1} refers to a sweep that the file does not contain.")
+        if run["kind"] == "sweep" and not isinstance(run["inputs"].get("sweep"), dict):
+            raise ImportRejected(f"Run {i + 1} is a sweep without its grid ('inputs.sweep').")
+        if run["kind"] == "sweep":
+            _check_grid(run["inputs"]["sweep"], f"Run {i + 1}")
+        if run["sweep_id"] is not None and run["cell"] is not None:
+            if (run["sweep_id"], run["cell"]) in cells:
+                raise ImportRejected(f"Run {i + 1} repeats the cell {run['cell'][:64]} of its sweep; a sweep holds "
+                                     "each cell once.")
+            cells.add((run["sweep_id"], run["cell"]))
+        configs.add(json.dumps(run["config"], sort_keys=True))
+    for config in configs:
+        try:
+            RunConfig.from_dict(json.loads(config))
+        except (LabError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ImportRejected(f"A run's configuration cannot be read: {str(exc)[:300]}") from exc
     return data
 
 
-def import_session(store: Store, raw: bytes) -> str:
-    """Import an exported session under new ids; returns the new session id. All or nothing."""
+def _check_grid(spec: dict, where: str) -> None:
+    """A stored sweep grid names a task and gives at least one length, depth and seed."""
+    if not isinstance(spec.get("task"), str) or not all(
+            isinstance(spec.get(k), list) and spec[k] and all(isinstance(v, int | float) for v in spec[k])
+            for k in ("lengths", "depths", "seeds")):
+        raise ImportRejected(f"{where}: its grid needs a task and non-empty lists of lengths, depths and seeds.")
+
+
+def import_session(store: Store, raw: bytes, owner: str | None = None) -> str:
+    """Import an exported session under new ids, owned by `owner`; returns the new session id.
+    All or nothing."""
     data = validate(raw)
     session_id = new_id()
     sweep_ids = {w["id"]: new_id() for w in data["sweeps"]}
     with store._sessions.begin() as db:
-        db.add(LabSession(id=session_id, name=data["session"]["name"].strip()[:200], created_at=_now()))
+        db.add(LabSession(id=session_id, name=data["session"]["name"].strip()[:200], created_at=_now(), owner=owner))
         for digest, body in data["contexts"].items():
             if db.get(StoredContext, digest) is None:
                 db.add(StoredContext(hash=digest, text=body, chars=len(body)))

@@ -1,6 +1,7 @@
 """Shared fixtures: a private data directory per test, and the real embedded model once per run."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,28 +26,32 @@ def embedded():
     return MANAGER.get(ModelSpec())
 
 
-@pytest.fixture(scope="module")
-def served_app(tmp_path_factory):
-    """The lab's UI served in-process on a free 127.0.0.1 port, logging to its own SQLite file.
-
-    Yields (url, store).
-    """
+@contextmanager
+def serving(store):
+    """The lab's UI served in-process on a free 127.0.0.1 port, logging to `store` (None: no run
+    log); yields (url, store)."""
     import socket
 
-    from app import ASSETS, build_ui
-    from storage.db import Store
+    from app import build_ui, launch
 
-    store = Store(f"sqlite:///{tmp_path_factory.mktemp('served') / 'lab.sqlite'}")
     with socket.socket() as probe_socket:
         probe_socket.bind(("127.0.0.1", 0))
         port = probe_socket.getsockname()[1]
-    demo = build_ui(store).queue(default_concurrency_limit=4)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                css_paths=[ASSETS / "style.css"])
+    demo = build_ui(store)
+    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/", store
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def served_app(tmp_path_factory):
+    """The lab served in private mode (as on a person's own machine). Yields (url, store)."""
+    from storage.db import Store
+
+    with serving(Store(f"sqlite:///{tmp_path_factory.mktemp('served') / 'lab.sqlite'}")) as served:
+        yield served
 
 
 @pytest.fixture(scope="session")

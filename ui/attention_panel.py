@@ -24,6 +24,7 @@ from engines.model.loading import MANAGER
 from engines.probes.runner import full_head_map
 from ui import figures
 from ui.model_panel import loaded_model, said_to_user
+from ui.text import Refusal
 
 ALL = "all"
 
@@ -98,9 +99,9 @@ def sliced_positions(state: dict | None, log: bool):
 def full_map(current, layer_value, head_value, log_value, progress=gr.Progress()):
     """One layer and head's full query x key map of the captured run's prompt."""
     if not current:
-        raise gr.Error("Run a probe with 'Capture attention' on first.")
+        raise Refusal("Run a probe with 'Capture attention' on first.")
     if _index(layer_value) is None or _index(head_value) is None:
-        raise gr.Error("Choose one layer and one head (not 'all') for the full map.")
+        raise Refusal("Choose one layer and one head (not 'all') for the full map.")
     config = RunConfig.from_dict(current["config"])
     loaded = loaded_model(config, progress)
     with said_to_user(), MANAGER.lock:

@@ -17,6 +17,7 @@ from engines.probes.runner import max_prompt_tokens, run_probe
 from engines.probes.tasks import ProbeSpec, build_probe
 from ui import figures
 from ui.model_panel import ConfigInputs, Panel, loaded_model
+from ui.text import Refusal
 
 MASK_COSTS = ASSETS / "mask_costs.json"
 
@@ -39,7 +40,7 @@ def pictures(length, *values):
     panel = Panel.of(values)
     run_config = panel.config()
     if length is None or not 16 <= int(length) <= 1_000_000:
-        raise gr.Error("The picture length must be between 16 and 1,000,000 tokens.")
+        raise Refusal("The picture length must be between 16 and 1,000,000 tokens.")
     base, dim, trained = 1e5, 64, 8192  # the embedded model's, unless a model is loaded
     if MANAGER.loaded is not None:
         model = MANAGER.loaded.model
@@ -61,7 +62,7 @@ def nll(tokens, *values, progress=gr.Progress()):
     run_config = panel.config()
     loaded = loaded_model(run_config, progress)
     if tokens is None or not 64 <= int(tokens) <= max_prompt_tokens(loaded):
-        raise gr.Error(f"The stream length must be between 64 and {max_prompt_tokens(loaded)} tokens.")
+        raise Refusal(f"The stream length must be between 64 and {max_prompt_tokens(loaded)} tokens.")
     text = " ".join(prose_sentences()[:int(tokens)])
     ids = encode(loaded.tokenizer, text)[:, :int(tokens)]
     curves = {}
@@ -73,7 +74,7 @@ def nll(tokens, *values, progress=gr.Progress()):
             for label, rope_spec, mask_spec in settings:
                 curves[label] = token_nll(loaded.model, ids.to(loaded.device), rope_spec, mask_spec)
     except HaystackError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise Refusal(str(exc)) from exc
     return figures.nll_stream(curves)
 
 

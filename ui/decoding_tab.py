@@ -11,16 +11,18 @@ import gradio as gr
 
 from engines.config.errors import LabError
 from engines.config.kinds import entries
+from engines.config.policy import limits
 from engines.config.specs import DecodingSpec, SpecError
 from engines.decoding.generation import GenerationResult, format_prompt
 from engines.model.loading import MANAGER
-from engines.probes.runner import ProbeOutcome, max_prompt_tokens, run_free, run_probe
+from engines.probes.runner import ProbeOutcome, check_prompt_length, max_prompt_tokens, run_free, run_probe
 from engines.probes.tasks import ProbeSpec, build_probe, load_tasks
 from engines.studies.conflicts import conflict_summary, load_conflicts, run_conflicts
 from services.run_log import log_generation, log_probe, session_for, write_run
 from storage.db import StorageError, Store
 from ui import figures
 from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
+from ui.text import Refusal, warn
 
 FREE_TEXT = "(free text: the context and question above)"
 DEFAULT_METHODS = "greedy\nbeam:num_beams=4\ncontrastive\ndola\ncad:alpha=1\nadacad"
@@ -40,15 +42,16 @@ def parse_methods(text: str) -> list[DecodingSpec]:
     """One decoding setting per line; a bad line becomes a gr.Error naming it."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     if not lines:
-        raise gr.Error("Enter at least one decoding method, one per line, e.g. greedy or beam:num_beams=4.")
+        raise Refusal("Enter at least one decoding method, one per line, e.g. greedy or beam:num_beams=4.")
     if len(lines) > MAX_METHODS:
-        raise gr.Error(f"At most {MAX_METHODS} methods at once; remove {len(lines) - MAX_METHODS} line(s).")
+        raise Refusal(f"At most {MAX_METHODS} methods at once; remove {len(lines) - MAX_METHODS} line(s).")
     specs = []
     for number, line in enumerate(lines, 1):
         try:
             specs.append(DecodingSpec.parse(line))
+            limits().check_decoding(specs[-1])
         except SpecError as exc:
-            raise gr.Error(f"Method line {number} ({line}): {exc}") from exc
+            raise Refusal(f"Method line {number} ({line}): {exc}") from exc
     return specs
 
 
@@ -96,10 +99,12 @@ def prompts_for(loaded, run_config, task, context, question, length, depth, seed
     """(probe instance or None, the prompt, the prompt without its context for free text)."""
     if task == FREE_TEXT:
         if not (question or "").strip():
-            raise gr.Error("Enter a question, or choose a haystack probe.")
+            raise Refusal("Enter a question, or choose a haystack probe.")
         template = run_config.chat_template
-        return (None, format_prompt(loaded.tokenizer, context or "", question.strip(), template),
-                format_prompt(loaded.tokenizer, "", question.strip(), template))
+        prompt = format_prompt(loaded.tokenizer, context or "", question.strip(), template)
+        with said_to_user():
+            check_prompt_length(loaded, prompt)
+        return None, prompt, format_prompt(loaded.tokenizer, "", question.strip(), template)
     with said_to_user():
         spec = ProbeSpec(task=task, length=int(length or 0), depth=float(depth or 0), seed=int(seed or 0))
         instance = build_probe(loaded.tokenizer, spec, run_config.chat_template, None, max_prompt_tokens(loaded))
@@ -113,7 +118,7 @@ def log_run(log_to, session_id, run_config, loaded, item, context, question):
         return log_generation(log_to, session_id, "probe", run_config, loaded,
                               {"context": context, "question": question}, item)
     except StorageError as exc:
-        gr.Warning(str(exc))
+        warn(str(exc))
         return None
 
 
@@ -188,7 +193,7 @@ def conflicts(tab: DecodingTab, methods, count, state, *values, progress=gr.Prog
         write_run(log_to, session_id, "conflicts", base, MANAGER.loaded, {"methods": [s.to_dict() for s in specs],
                   "items": int(count)}, {"conflict_summary": summary, "rows": rows}, None)
     except LabError as exc:
-        gr.Warning(str(exc))
+        warn(str(exc))
 
 
 def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:

@@ -4,12 +4,12 @@ The Sessions tab re-renders stored runs with these same functions.
 """
 from __future__ import annotations
 
-import html
 import math
 
 import plotly.graph_objects as go
 
 from engines.studies.sweep_stats import by_depth, by_length, effective_length, grid, u_curve_indices
+from ui.text import plain
 
 KIND_COLOURS = {"needle": "#d62728", "gold": "#2ca02c", "distractor": "#ff7f0e", "document": "#1f77b4",
                 "haystack": "#c7c7c7"}
@@ -28,7 +28,7 @@ def needle_strip(spans: list[dict], prompt_tokens: int) -> go.Figure:
         fig.add_trace(go.Bar(
             x=[max(1, s["token_end"] - s["token_start"]) for s in chosen], base=[s["token_start"] for s in chosen],
             y=[0.5] * len(chosen), width=height, orientation="h", name=kind, marker_color=KIND_COLOURS[kind],
-            customdata=[[s["label"], s["token_start"], s["token_end"]] for s in chosen],
+            customdata=[[plain(s["label"]), s["token_start"], s["token_end"]] for s in chosen],
             hovertemplate="%{customdata[0]}<br>tokens %{customdata[1]}-%{customdata[2]}<extra>" + kind + "</extra>"))
     fig.update_layout(barmode="overlay", height=170, margin=dict(l=10, r=10, t=30, b=30),
                       title=f"Where things sit in the {prompt_tokens:,}-token prompt",
@@ -60,7 +60,7 @@ def sweep_heatmap(rows: list[dict], lengths, depths, value: str = "correct", tit
                                colorscale="RdYlGn", text=text, xgap=1, ygap=1,
                                hovertemplate="length %{y}, depth %{x}%<br>%{text}<extra></extra>",
                                colorbar=dict(title="accuracy" if value == "correct" else value)))
-    fig.update_layout(title=title or f"{'Accuracy' if value == 'correct' else value} by length and depth",
+    fig.update_layout(title=plain(title) or f"{'Accuracy' if value == 'correct' else value} by length and depth",
                       xaxis=dict(title="needle depth (%)", type="category"),
                       yaxis=dict(title="prompt tokens", type="category"), height=380,
                       margin=dict(l=60, r=10, t=50, b=50))
@@ -121,9 +121,9 @@ def length_curve(rows: list[dict], threshold: float | None = None, value: str = 
 def token_probabilities(tokens: list[dict]) -> go.Figure:
     """Each generated token's probability, with the top alternatives on hover, and the entropy."""
     fig = go.Figure()
-    hover = ["<br>".join(f"{alt!r}: {p:.3f}" for alt, p in t.get("top", [])) for t in tokens]
+    hover = ["<br>".join(f"{plain(repr(alt))}: {p:.3f}" for alt, p in t.get("top", [])) for t in tokens]
     fig.add_trace(go.Bar(x=list(range(len(tokens))), y=[t["prob"] for t in tokens], name="probability",
-                         text=[t["text"] for t in tokens], customdata=hover,
+                         text=[plain(t["text"]) for t in tokens], customdata=hover,
                          hovertemplate="%{text}<br>p=%{y:.3f}<br>%{customdata}<extra></extra>"))
     if tokens and "entropy" in tokens[0]:
         fig.add_trace(go.Scatter(x=list(range(len(tokens))), y=[t["entropy"] for t in tokens], name="entropy (nats)",
@@ -171,7 +171,7 @@ def mask_picture(rows: list[list[bool]], positions: list[int], title: str) -> go
     fig = go.Figure(go.Heatmap(z=[[1 if v else 0 for v in row] for row in rows], x=positions, y=positions,
                                colorscale=[[0, "#f7f7f7"], [1, "#222222"]], showscale=False,
                                hovertemplate="query %{y}, key %{x}: %{z}<extra></extra>"))
-    fig.update_layout(title=title, height=420, width=460, margin=dict(l=60, r=10, t=50, b=50),
+    fig.update_layout(title=plain(title), height=420, width=460, margin=dict(l=60, r=10, t=50, b=50),
                       xaxis=dict(title="key position"), yaxis=dict(title="query position", autorange="reversed"))
     return fig
 
@@ -269,14 +269,14 @@ def decoding_tokens(runs: dict[str, list[dict]]) -> go.Figure:
     fig = go.Figure()
     for method, tokens in runs.items():
         steps = list(range(len(tokens)))
-        hover = [f"{html.escape(repr(t['text']))}<br>" + "<br>".join(
-            f"{html.escape(repr(alt))}: {p:.3f}" for alt, p in t.get("top", [])) for t in tokens]
+        hover = [f"{plain(repr(t['text']))}<br>" + "<br>".join(
+            f"{plain(repr(alt))}: {p:.3f}" for alt, p in t.get("top", [])) for t in tokens]
         fig.add_trace(go.Scatter(x=steps, y=[t["prob"] for t in tokens], mode="lines+markers",
-                                 name=f"{method}: p(token)", customdata=hover, legendgroup=method,
+                                 name=plain(f"{method}: p(token)"), customdata=hover, legendgroup=method,
                                  hovertemplate="step %{x}: p=%{y:.3f}<br>%{customdata}<extra>"
-                                 + html.escape(method) + "</extra>"))
+                                 + plain(method) + "</extra>"))
         fig.add_trace(go.Scatter(x=steps, y=[t["entropy"] for t in tokens], mode="lines", yaxis="y2",
-                                 line=dict(dash="dot"), name=f"{method}: entropy", legendgroup=method,
+                                 line=dict(dash="dot"), name=plain(f"{method}: entropy"), legendgroup=method,
                                  hovertemplate="step %{x}: entropy %{y:.2f} nats<extra></extra>"))
     fig.update_layout(title="Chosen token's probability (solid) and entropy (dotted) per step", height=380,
                       margin=dict(l=50, r=50, t=50, b=40), xaxis=dict(title="new token"),
@@ -291,7 +291,7 @@ def cad_alpha(runs: dict[str, list[dict]]) -> go.Figure:
     fig = go.Figure()
     for method, tokens in runs.items():
         fig.add_trace(go.Scatter(x=list(range(len(tokens))), y=[t["extra"]["alpha"] for t in tokens],
-                                 mode="lines+markers", name=method, text=[html.escape(repr(t["text"])) for t in tokens],
+                                 mode="lines+markers", name=plain(method), text=[plain(repr(t["text"])) for t in tokens],
                                  hovertemplate="step %{x}: alpha %{y:.3f}<br>%{text}<extra></extra>"))
     fig.update_layout(title="Context weight alpha per step (AdaCAD: JSD, at most ln 2 = 0.693)", height=300,
                       margin=dict(l=50, r=10, t=50, b=40), xaxis=dict(title="new token"),
@@ -302,7 +302,7 @@ def cad_alpha(runs: dict[str, list[dict]]) -> go.Figure:
 def conflict_bars(summary: list[dict]) -> go.Figure:
     """How often each method answered from the context, from memory, or neither."""
     fig = go.Figure()
-    methods = [html.escape(row["method"]) for row in summary]
+    methods = [plain(row["method"]) for row in summary]
     for key, colour in (("follows_context", "#2ca02c"), ("follows_memory", "#d62728"), ("neither", "#c7c7c7")):
         fig.add_trace(go.Bar(x=methods, y=[row[key] for row in summary], name=key.replace("_", " "),
                              marker_color=colour))
@@ -325,7 +325,7 @@ def sift_timeline(stages: list[dict], resolved_at: str | None = None) -> go.Figu
             showlegend=stage["stage"] not in {s["stage"] for s in stages[:number]},
             hovertemplate=(f"{stage['stage']}: {stage['step']}<br>{stage['prompt_tokens']} prompt + "
                            f"{stage['new_tokens']} new tokens<br>{stage['seconds']:.2f} s<br>answer: "
-                           f"{html.escape(str(stage.get('answer')))}{agrees}<extra></extra>")))
+                           f"{plain(str(stage.get('answer')))}{agrees}<extra></extra>")))
         start += stage["seconds"]
     fig.update_layout(title=f"SIFT stages over time (resolved at: {resolved_at or 'running'})",
                       height=120 + 28 * len(stages), barmode="overlay", margin=dict(l=130, r=10, t=50, b=40),
@@ -366,7 +366,7 @@ def head_map(result: dict, spans: list[dict] | None = None, log: bool = False) -
     z, scale = _coloured(result["map"], log)
     side, tokens, labels = len(result["map"]), result["tokens"], result.get("labels")
     if labels:
-        text = [[f"query {i} {html.escape(repr(labels[i]))} -> key {j} {html.escape(repr(labels[j]))}: "
+        text = [[f"query {i} {plain(repr(labels[i]))} -> key {j} {plain(repr(labels[j]))}: "
                  f"{result['map'][i][j]:.4f}" for j in range(side)] for i in range(side)]
         trace = go.Heatmap(z=z, text=text, hovertemplate="%{text}<extra></extra>", colorscale="Viridis",
                            colorbar=dict(title=scale))

@@ -22,6 +22,7 @@ from ui import attention_panel
 from ui.figures import needle_strip
 from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
 from ui.run_view import RunView, shown_views, streamed
+from ui.text import Refusal, warn
 
 PRESET_HAYSTACK = "preset"
 
@@ -39,18 +40,18 @@ def probe_spec(task, length, depth, seed, haystack, params_json) -> ProbeSpec:
     try:
         params = json.loads(params_json or "{}")
     except json.JSONDecodeError as exc:
-        raise gr.Error(f"Builder settings are not valid JSON ({exc.msg} at character {exc.pos}); "
+        raise Refusal(f"Builder settings are not valid JSON ({exc.msg} at character {exc.pos}); "
                        'write an object such as {"num_hops": 3}.') from exc
     if not isinstance(params, dict):
-        raise gr.Error('Builder settings must be a JSON object such as {"num_hops": 3}.')
+        raise Refusal('Builder settings must be a JSON object such as {"num_hops": 3}.')
     if length is None or int(length) != length or depth is None or seed is None or int(seed) != seed:
-        raise gr.Error("Length and seed must be whole numbers and depth a number from 0 to 100.")
+        raise Refusal("Length and seed must be whole numbers and depth a number from 0 to 100.")
     try:
         get_task(task)
         return ProbeSpec(task=task, length=int(length), depth=float(depth), seed=int(seed),
                          haystack=None if haystack == PRESET_HAYSTACK else haystack, params=params)
     except HaystackError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise Refusal(str(exc)) from exc
 
 
 def preview(instance) -> str:
@@ -90,7 +91,7 @@ def make(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, 
         spec = remember_upload(tab.store, spec, upload_text)
         instance = build_probe(loaded.tokenizer, spec, run_config.chat_template, upload_text, max_prompt_tokens(loaded))
     except HaystackError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise Refusal(str(exc)) from exc
     return dataclasses.replace(run_config, max_new_tokens=instance.max_new_tokens), loaded, instance
 
 
@@ -129,14 +130,15 @@ def run(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, m
                          instance.prompt_tokens, generated, instance.expected[0])
     yield shown | {tab.run.answer: outcome.answer, tab.session: state, tab.status: describe_loaded(),
                    tab.score: {k: result[k] for k in ("correct", "score", "expected", "scorer", "score_details")}
-                   | {"seconds": result.get("seconds"), "run_id": finished.run_id}}
+                   | {"seconds": result.get("seconds"), "run_id": finished.run_id}
+                   | ({"not_saved": finished.warning} if finished.warning else {})}
 
 
 def mask_heads(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, captured, count, heads_seed,
                state, *values, progress=gr.Progress()):
     """Rerun the probe with the top retrieval heads masked, and with as many random heads masked."""
     if not captured or not captured.get("retrieval"):
-        raise gr.Error("Run the probe with 'Capture attention' first (generate mode, with an answer copied "
+        raise Refusal("Run the probe with 'Capture attention' first (generate mode, with an answer copied "
                        "from the haystack): the retrieval scores choose the heads.")
     run_config, loaded, instance = make(tab, task, length, depth, seed, haystack, params, upload, values, progress)
     top = top_heads(captured["retrieval"], int(count or 1))
@@ -147,7 +149,7 @@ def mask_heads(tab: HaystackTab, task, length, depth, seed, haystack, params, up
         write_run(log_to, session_id, "head_masking", run_config, loaded,
                   {"probe": instance.spec.to_dict(), "k": len(top)}, {"rows": rows}, instance.prompt)
     except StorageError as exc:
-        gr.Warning(str(exc))
+        warn(str(exc))
     return [[r["setting"], r["answer"], r["correct"], r["gold_logprob"]] for r in rows], state
 
 

@@ -13,6 +13,7 @@ import gradio as gr
 
 from engines.config.errors import LabError
 from engines.config.kinds import entries
+from engines.config.policy import allowed_models, limits, public_mode
 from engines.config.specs import (
     DTYPES,
     EMBEDDED_MODEL,
@@ -26,6 +27,7 @@ from engines.config.specs import (
     SpecError,
 )
 from engines.model.loading import MANAGER, ModelError, cpu_supports_bf16
+from ui.text import Refusal
 
 
 @dataclass
@@ -73,14 +75,17 @@ class Panel(NamedTuple):
         try:
             if panel.max_new_tokens is None or float(panel.max_new_tokens) != int(panel.max_new_tokens):
                 raise SpecError("Max new tokens must be a whole number from 1 to 4096.")
+            limits().check_tokens(int(panel.max_new_tokens))
             spec = ModelSpec(model=(panel.model or "").strip(), quant=panel.quant,
                              quant_4bit_type=panel.quant_4bit_type, dtype=panel.dtype)
-            return RunConfig(model=spec, chat_template=bool(panel.chat_template),
-                             max_new_tokens=int(panel.max_new_tokens), rope=RopeSpec.parse(panel.rope or "default"),
-                             mask=MaskSpec.parse(panel.mask or "causal"),
-                             decoding=DecodingSpec.parse(panel.decoding or "greedy"))
+            config = RunConfig(model=spec, chat_template=bool(panel.chat_template),
+                               max_new_tokens=int(panel.max_new_tokens), rope=RopeSpec.parse(panel.rope or "default"),
+                               mask=MaskSpec.parse(panel.mask or "causal"),
+                               decoding=DecodingSpec.parse(panel.decoding or "greedy"))
+            limits().check_run(config)
+            return config
         except (SpecError, ValueError, TypeError) as exc:
-            raise gr.Error(str(exc)) from exc
+            raise Refusal(str(exc)) from exc
 
 
 @contextmanager
@@ -89,7 +94,7 @@ def said_to_user():
     try:
         yield
     except LabError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise Refusal(str(exc)) from exc
 
 
 def loaded_model(config: RunConfig, progress: gr.Progress):
@@ -97,7 +102,7 @@ def loaded_model(config: RunConfig, progress: gr.Progress):
     try:
         return MANAGER.get(config.model, lambda fraction, message: progress(fraction, desc=message))
     except ModelError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise Refusal(str(exc)) from exc
 
 
 def describe_loaded() -> str:
@@ -113,6 +118,9 @@ def describe_loaded() -> str:
 
 def load(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding,
          progress=gr.Progress()) -> str:
+    if public_mode():
+        raise Refusal("On this shared Space nobody switches the loaded model: each run loads the model it asks "
+                      "for, in turn, through the queue. Choose the model above and run.")
     loaded_model(Panel(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask,
                        decoding).config(), progress)
     return describe_loaded()
@@ -124,22 +132,23 @@ def build() -> ConfigInputs:
                  if cpu_supports_bf16() else "auto picks fp32 on this CPU (no fast bfloat16)")
     with gr.Accordion("Model and run configuration (shared by every tab)", open=True):
         with gr.Row():
-            model = gr.Dropdown([EMBEDDED_MODEL], value=EMBEDDED_MODEL, allow_custom_value=True,
-                                label="Model", info="The embedded model, a Hub id (owner/name) or a local directory",
-                                scale=3)
+            choices = allowed_models() if public_mode() else [EMBEDDED_MODEL]
+            model = gr.Dropdown(choices, value=choices[0], allow_custom_value=True, label="Model", scale=3,
+                                info="The models this Space serves (its operator chooses them)" if public_mode()
+                                else "The embedded model, a Hub id (owner/name) or a local directory")
             quant = gr.Radio(list(QUANTS), value="none", label="Quantization (bitsandbytes)")
             quant_4bit_type = gr.Radio(list(QUANT_4BIT_TYPES), value="nf4", label="4-bit type")
             dtype = gr.Radio(list(DTYPES), value="auto", label="dtype", info=auto_note)
         with gr.Row():
             chat_template = gr.Checkbox(True, label="Apply the chat template")
-            max_new_tokens = gr.Number(32, precision=0, minimum=1, maximum=4096, label="Max new tokens")
+            max_new_tokens = gr.Number(32, precision=0, label="Max new tokens", info=f"1 to {limits().new_tokens}")
             rope = gr.Textbox("default", label="RoPE", info="KIND[:factor[,key=value]], e.g. yarn:2; kinds: "
                               + ", ".join(entries("rope")) + " (Context tab)")
             mask = gr.Textbox("causal", label="Attention mask", info="KIND[:key=value,...], e.g. sinks:window=1024; "
                               "kinds: " + ", ".join(entries("mask")))
             decoding = gr.Textbox("greedy", label="Decoding", info="METHOD[:key=value,...], e.g. beam:num_beams=4; "
                                   "methods: " + ", ".join(entries("decoding")) + " (Decoding tab)")
-            load_button = gr.Button("Load", variant="secondary")
+            load_button = gr.Button("Load", variant="secondary", visible=not public_mode())
         status = gr.Markdown(describe_loaded())
     inputs = ConfigInputs(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding, status)
     load_button.click(load, inputs.all(), status, api_name="load_model", concurrency_id="model")

@@ -16,6 +16,7 @@ from storage.db import Store
 from ui import attention_panel
 from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
 from ui.run_view import RunView, shown_views, streamed
+from ui.text import Refusal
 
 EXAMPLE_CONTEXT = "The capital of France is Paris."
 EXAMPLE_QUESTION = "What is the capital of France? Answer with one word."
@@ -31,12 +32,14 @@ class ProbeTab:
     store: Store | None
 
 
-def stats_of(result: GenerationResult | None, answer_tokens: int = 0, run_id: str | None = None) -> dict:
+def stats_of(result: GenerationResult | None, answer_tokens: int = 0, run_id: str | None = None,
+             warning: str | None = None) -> dict:
     if result is None:
         return {"new_tokens": answer_tokens, "status": "generating"}
     return {"prompt_tokens": result.prompt_tokens, "new_tokens": result.new_tokens,
             "time_to_first_token_s": result.ttft, "tokens_per_second": result.tokens_per_second,
-            "seconds": result.seconds, "finish": result.finish, "run_id": run_id}
+            "seconds": result.seconds, "finish": result.finish, "run_id": run_id} | (
+        {"not_saved": warning} if warning else {})
 
 
 def free_views(capture: AttentionCapture) -> dict:
@@ -48,7 +51,7 @@ def probe(tab: ProbeTab, context, question, capture_wanted, state, *values, prog
     """Stream the answer to `question` about `context` under the panel's configuration, then log it."""
     run_config = Panel.of(values).config()
     if not question or not question.strip():
-        raise gr.Error("Enter a question: the probe needs something to ask about the context.")
+        raise Refusal("Enter a question: the probe needs something to ask about the context.")
     loaded = loaded_model(run_config, progress)
     prompt = format_prompt(loaded.tokenizer, context or "", question.strip(), run_config.chat_template)
     with said_to_user():
@@ -67,8 +70,8 @@ def probe(tab: ProbeTab, context, question, capture_wanted, state, *values, prog
     result = finished.result
     shown = shown_views(tab.run, finished, capture, loaded, prompt, [], run_config, prompt_tokens,
                         [t.token_id for t in result.tokens])
-    yield {tab.run.answer: result.text, tab.stats: stats_of(result, run_id=finished.run_id), tab.prompt_box: prompt,
-           tab.session: state, tab.status: describe_loaded()} | shown
+    yield {tab.run.answer: result.text, tab.stats: stats_of(result, run_id=finished.run_id, warning=finished.warning),
+           tab.prompt_box: prompt, tab.session: state, tab.status: describe_loaded()} | shown
 
 
 def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:

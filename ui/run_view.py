@@ -10,6 +10,7 @@ import gradio as gr
 from services.run_flow import Finished, Streamed
 from ui import attention_panel, figures
 from ui.attention_panel import AttentionPanel
+from ui.text import Refusal, warn
 
 
 @dataclass
@@ -34,11 +35,11 @@ def streamed(view: RunView, flow: Iterator[Streamed | Finished], capture, spans:
     for step in flow:
         if isinstance(step, Finished):
             if step.warning:
-                gr.Warning(step.warning)
+                warn(step.warning)
             return step
         yield {view.answer: step.text} | attention_panel.live_profile(capture, step.index, spans,
                                                                       view.profile_plot) | also(step)
-    raise gr.Error("The run ended without a result; run it again.")
+    raise Refusal("The run ended without a result; run it again.")
 
 
 def shown_views(view: RunView, finished: Finished, capture, loaded, prompt: str, spans: list[dict], config,

@@ -1,5 +1,8 @@
-"""Sessions tab: browse and filter logged runs, re-render a run's plots from stored data, replay it,
-rename sessions, export and import them, switch logging off, and open ?session=ID / ?run=ID links."""
+"""Sessions tab: this visitor's logged runs, filtered; a run's plots re-rendered from stored data;
+replay, rename, delete, share, export and import; logging switched off; and the page-load handler
+that gives each browser its visitor key and opens ?session=ID, ?run=ID and ?share=TOKEN links.
+
+Everything a visitor can reach goes through services.visitors, which says what is theirs."""
 from __future__ import annotations
 
 import json
@@ -9,34 +12,55 @@ from functools import partial
 from pathlib import Path
 
 import gradio as gr
+from sqlalchemy.exc import SQLAlchemyError
 
+from engines.config.errors import LabError
+from engines.config.policy import limits
+from services import visitors
 from services.replay import replay
-from storage.db import StorageError, Store
-from storage.transfer import export_session, import_session
+from storage.db import RUN_KINDS, Store
 from ui import figures
+from ui.text import Refusal
 
 RUN_COLUMNS = ["id", "created_at", "kind", "task", "model", "score", "correct", "seconds", "session_id"]
-KINDS = ["all", "probe", "sweep", "sweep_cell", "conflicts", "sift", "sift_benchmark", "head_masking"]
+KINDS = ["all", *RUN_KINDS]
 PLOTS = 4
+SHARE_WHAT = ["this run", "the chosen session"]
 
 
-def session_choices(store: Store) -> list[tuple[str, str]]:
-    return [("all sessions", "")] + [(f"{s['name']} ({s['id']}, {s['runs']} runs)", s["id"])
-                                     for s in store.list_sessions()]
+def told(action):
+    """Run a run-log action for a handler: a refusal or a run log that cannot be read becomes a
+    sentence (never a traceback or a server path)."""
+    try:
+        return action()
+    except LabError as exc:
+        raise Refusal(exc) from exc
+    except SQLAlchemyError as exc:
+        raise Refusal(f"The run log cannot be used right now ({type(exc).__name__}); try again later.") from exc
 
 
-def run_rows(store: Store, session_id, kind, model, task, since, min_score, cells) -> list[list]:
+def session_choices(store: Store, state) -> list[tuple[str, str]]:
+    mine = told(lambda: visitors.sessions(store, state))
+    return [("all my sessions", "")] + [(f"{s['name']} ({s['id']}, {s['runs']} runs)", s["id"]) for s in mine]
+
+
+def list_sessions(store: Store, state):
+    return gr.Dropdown(choices=session_choices(store, state))
+
+
+def run_rows(store: Store, session_id, kind, model, task, since, min_score, cells, state) -> list[list]:
     try:
         since_date = datetime.fromisoformat(since.strip()) if since and since.strip() else None
     except ValueError as exc:
-        raise gr.Error(f"'{since}' is not a date; write it as YYYY-MM-DD.") from exc
+        raise Refusal(f"'{since}' is not a date; write it as YYYY-MM-DD.") from exc
     try:
         lowest = float(min_score) if min_score and str(min_score).strip() else None
     except ValueError as exc:
-        raise gr.Error(f"'{min_score}' is not a number; give a score such as 0.5.") from exc
-    runs = store.list_runs(session_id or None, limit=500, kind=None if kind == "all" else kind,
-                           model=(model or "").strip() or None, task=(task or "").strip() or None,
-                           since=since_date, min_score=lowest, include_cells=bool(cells))
+        raise Refusal(f"'{min_score}' is not a number; give a score such as 0.5.") from exc
+    runs = told(lambda: visitors.runs(
+        store, state, session_id or None, limit=500, kind=None if kind == "all" else kind,
+        model=(model or "").strip() or None, task=(task or "").strip() or None, since=since_date,
+        min_score=lowest, include_cells=bool(cells)))
     return [[r[c] for c in RUN_COLUMNS] for r in runs]
 
 
@@ -44,83 +68,122 @@ def unavailable() -> None:
     """The Sessions tab when the run log could not be opened at start."""
     with gr.Tab("Sessions", id="sessions"):
         gr.Markdown("**The run log could not be opened**, so runs are not saved and there are no sessions to "
-                    "browse; everything else works. Set `CONTEXT_LAB_DATA` to a writable directory (or "
-                    "`CONTEXT_LAB_DATABASE_URL` to a database) and restart the lab.", elem_id="sessions-unavailable")
+                    "browse; everything else works. The lab's operator can set `CONTEXT_LAB_DATA` to a writable "
+                    "directory (or `CONTEXT_LAB_DATABASE_URL` to a database) and restart the lab.",
+                    elem_id="sessions-unavailable")
 
 
-def open_run(store: Store, rid):
-    """A stored run's record, prompt and plots, re-rendered from the stored data."""
-    run = store.get_run((rid or "").strip())
-    if run is None:
-        raise gr.Error(f"No run with id '{rid}'. Pick one from the table.")
+def open_run(store: Store, rid, state):
+    """A run of this visitor's (or a published one): its record, prompt and plots from the stored data."""
+    run = told(lambda: visitors.readable_run(store, state, (rid or "").strip()))
     figs = figures.run_figures(run)
     shown = {k: v for k, v in run.items() if k != "prompt"}
     return [shown, run["prompt"] or ""] + [gr.Plot(figs[i], visible=True) if i < len(figs) else
                                            gr.Plot(None, visible=False) for i in range(PLOTS)]
 
 
-def pick(store: Store, rows, evt: gr.SelectData):
+def pick(store: Store, rows, state, evt: gr.SelectData):
     rid = rows.iloc[evt.index[0]]["id"] if hasattr(rows, "iloc") else rows[evt.index[0]][0]
-    return [rid] + open_run(store, rid)
+    return [rid] + open_run(store, rid, state)
 
 
-def do_replay(store: Store, rid, progress=gr.Progress()):
-    try:
-        return replay(store, (rid or "").strip(), lambda f, m: progress(f, desc=m))
-    except StorageError as exc:
-        raise gr.Error(str(exc)) from exc
+def do_replay(store: Store, rid, state, progress=gr.Progress()):
+    """Run it again; the replay is logged in this visitor's own session."""
+    rid = (rid or "").strip()
+    told(lambda: visitors.readable_run(store, state, rid))
+    session_id, state = told(lambda: visitors.session_to_log(store, state))
+    return told(lambda: replay(store, rid, lambda f, m: progress(f, desc=m), session_id)), state
 
 
-def do_rename(store: Store, session_id, name):
+def do_rename(store: Store, session_id, name, state):
     if not session_id:
-        raise gr.Error("Choose a session to rename first.")
-    try:
-        store.rename_session(session_id, name or "")
-    except StorageError as exc:
-        raise gr.Error(str(exc)) from exc
-    return gr.Dropdown(choices=session_choices(store), value=session_id)
+        raise Refusal("Choose a session to rename first.")
+    told(lambda: visitors.rename(store, state, session_id, name or ""))
+    return gr.Dropdown(choices=session_choices(store, state), value=session_id)
 
 
-def do_export(store: Store, session_id):
+def delete_session(store: Store, session_id, state):
+    """Delete the chosen session of this visitor's, with its runs and the texts only they used."""
     if not session_id:
-        raise gr.Error("Choose a session to export first.")
-    data = export_session(store, session_id)
+        raise Refusal("Choose a session to delete first.")
+    deleted = told(lambda: visitors.delete(store, state, session_id=session_id))
+    return gr.Dropdown(choices=session_choices(store, state), value=""), f"The session was deleted ({deleted} runs)."
+
+
+def delete_run(store: Store, run_id, state):
+    """Delete the run in the run box (a sweep's summary run takes its cells with it)."""
+    run_id = (run_id or "").strip()
+    if not run_id:
+        raise Refusal("Open a run to delete first.")
+    deleted = told(lambda: visitors.delete(store, state, run_id=run_id))
+    return "", f"Run {run_id} was deleted ({deleted} run{'s' if deleted != 1 else ''})."
+
+
+def do_share(store: Store, what, session_id, run_id, state, request: gr.Request | None = None) -> str:
+    """Publish this run or the chosen session; returns the link anyone may open, read-only."""
+    run_id = (run_id or "").strip() if what == SHARE_WHAT[0] else ""
+    if not run_id and not session_id:
+        raise Refusal("Open a run (or choose a session) to share first.")
+    token = told(lambda: visitors.share(store, state, session_id=session_id, run_id=run_id))
+    page = (request.headers.get("referer") or "").split("?")[0] if request is not None else ""
+    return f"{page}?share={token}"
+
+
+def do_export(store: Store, session_id, state):
+    if not session_id:
+        raise Refusal("Choose a session to export first.")
+    data = told(lambda: visitors.export(store, state, session_id))
     path = Path(tempfile.mkdtemp()) / f"context-lab-session-{session_id}.json"
     path.write_text(json.dumps(data, ensure_ascii=False))
     return str(path)
 
 
-def do_import(store: Store, path):
+def do_import(store: Store, path, state):
     if not path:
-        raise gr.Error("Choose a session file to import first.")
-    try:
-        new_id = import_session(store, Path(path).read_bytes())
-    except StorageError as exc:
-        raise gr.Error(str(exc)) from exc
-    return gr.Dropdown(choices=session_choices(store), value=new_id), f"Imported as session `{new_id}`."
+        raise Refusal("Choose a session file to import first.")
+    size, cap = Path(path).stat().st_size, limits().file_mb
+    if size > cap * 2**20:
+        raise Refusal(f"The file is {size / 2**20:.1f} MB; this lab imports session files up to {cap} MB.")
+    new_id, state = told(lambda: visitors.import_for(store, state, Path(path).read_bytes()))
+    return gr.Dropdown(choices=session_choices(store, state), value=new_id), f"Imported as session `{new_id}`.", state
 
 
 def set_logging(on, state):
-    return dict(state or {"id": None, "log": True}) | {"log": bool(on)}
+    return visitors.with_visitor(state) | {"log": bool(on)}
 
 
-def deep_link(store: Store, request: gr.Request):
-    """On page load: fresh session list and runs; ?run=ID opens a run, ?session=ID a session."""
+def on_page_load(store: Store, key, state, request: gr.Request):
+    """Give this browser its visitor key (kept in its localStorage), continue its newest session,
+    and open ?run=ID, ?session=ID or ?share=TOKEN when the visitor may read it."""
+    state = visitors.with_visitor(state, key)
     params = dict(request.query_params) if request else {}
-    session_id = params.get("session") if params.get("session") and store.get_session(params["session"]) else ""
-    run = store.get_run(params["run"]) if params.get("run") else None
-    opened = open_run(store, run["id"]) if run else [gr.skip()] * (2 + PLOTS)
-    selected = gr.Tabs(selected="sessions") if run or session_id else gr.skip()
-    return [selected, gr.Dropdown(choices=session_choices(store), value=session_id),
-            run["id"] if run else gr.skip(), *opened,
-            run_rows(store, session_id, "all", "", "", "", "", False)]
+    run_id, session_id = params.get("run", ""), params.get("session", "")
+    state["id"] = told(lambda: visitors.latest_session(store, state))
+    shared = told(lambda: store.shared_item(params["share"])) if params.get("share") else None
+    if shared:
+        run_id, session_id = shared["run_id"] or "", shared["session_id"] or ""
+    try:
+        run = visitors.readable_run(store, state, run_id) if run_id else None
+    except LabError:
+        run = None
+    if session_id and not told(lambda: visitors.can_read_session(store, state, session_id)):
+        session_id = ""
+    choices = session_choices(store, state)
+    if session_id and session_id not in [c[1] for c in choices]:  # a session shared with this visitor
+        found = store.get_session(session_id)
+        choices.append((f"{found['name']} ({session_id}, shared with you, read-only)", session_id))
+    opened = open_run(store, run["id"], state) if run else [gr.skip()] * (2 + PLOTS)
+    return [state["visitor"], state, gr.Tabs(selected="sessions") if run or session_id else gr.skip(),
+            gr.Dropdown(choices=choices, value=session_id), run["id"] if run else gr.skip(), *opened,
+            run_rows(store, session_id, "all", "", "", "", "", False, state)]
 
 
-def build(store: Store, session: gr.State, tabs: gr.Tabs):
-    """Render the tab; returns the page-load handler for deep links and its outputs."""
+def build(store: Store, session: gr.State, tabs: gr.Tabs, visitor_key: gr.BrowserState):
+    """Render the tab (with no visitor's data in the page: the load handler fills it per visitor);
+    returns the page-load handler, its inputs and outputs."""
     with gr.Tab("Sessions", id="sessions"):
         with gr.Row():
-            chosen = gr.Dropdown(session_choices(store), value="", label="Session", scale=3)
+            chosen = gr.Dropdown([("all my sessions", "")], value="", label="Session", scale=3, allow_custom_value=True)
             refresh = gr.Button("Refresh")
             new_name = gr.Textbox(label="Rename the chosen session to", scale=2)
             rename = gr.Button("Rename")
@@ -137,6 +200,14 @@ def build(store: Store, session: gr.State, tabs: gr.Tabs):
             run_id = gr.Textbox(label="Run id", scale=3, elem_id="sessions-run-id")
             open_button = gr.Button("Open", elem_id="sessions-open")
             replay_button = gr.Button("Replay", variant="primary", elem_id="sessions-replay")
+            delete_run_button = gr.Button("Delete this run", variant="stop", elem_id="sessions-delete-run")
+            delete_session_button = gr.Button("Delete the chosen session", variant="stop",
+                                              elem_id="sessions-delete-session")
+        with gr.Row():
+            share_what = gr.Radio(SHARE_WHAT, value=SHARE_WHAT[0], label="Share", scale=1)
+            share_button = gr.Button("Share: publish a read-only link", elem_id="sessions-share", scale=1)
+            share_link = gr.Textbox(label="Link (anyone with it can view, nobody else can change)",
+                                    interactive=False, scale=3, elem_id="sessions-share-link")
         run_json = gr.JSON(label="Run")
         plots = [gr.Plot(visible=False) for _ in range(PLOTS)]
         replay_result = gr.JSON(label="Replay: identical to the stored result?")
@@ -147,27 +218,35 @@ def build(store: Store, session: gr.State, tabs: gr.Tabs):
             exported = gr.File(label="Session file", interactive=False)
             to_import = gr.File(label="Import a session file (.json)", file_types=[".json"], type="filepath")
             import_button = gr.Button("Import")
-        message = gr.Markdown()
+        message = gr.Textbox(show_label=False, interactive=False, elem_id="sessions-message")
 
-    filters = [chosen, kind, model, task, since, min_score, cells]
-    for control in filters:
+    filters = [chosen, kind, model, task, since, min_score, cells, session]
+    for control in filters[:-1]:
         control.change(partial(run_rows, store), filters, runs, api_name=False)
-    refresh.click(lambda: gr.Dropdown(choices=session_choices(store)), None, chosen, api_name=False).then(
-        partial(run_rows, store), filters, runs, api_name=False)
-    gr.on([open_button.click, run_id.submit], partial(open_run, store), run_id, [run_json, prompt, *plots],
-          api_name="open_run")
+    refresh.click(partial(list_sessions, store), session, chosen, api_name="list_sessions").then(
+        partial(run_rows, store), filters, runs, api_name="list_runs")
+    gr.on([open_button.click, run_id.submit], partial(open_run, store), [run_id, session],
+          [run_json, prompt, *plots], api_name="open_run")
 
-    def on_pick(rows, evt: gr.SelectData):  # gradio finds the event data by this annotation
-        return pick(store, rows, evt)
+    def on_pick(rows, state, evt: gr.SelectData):  # gradio finds the event data by this annotation
+        return pick(store, rows, state, evt)
 
-    runs.select(on_pick, runs, [run_id, run_json, prompt, *plots], api_name=False)
-    replay_button.click(partial(do_replay, store), run_id, replay_result, api_name="replay", concurrency_id="model")
-    rename.click(partial(do_rename, store), [chosen, new_name], chosen, api_name="rename_session")
-    export_button.click(partial(do_export, store), chosen, exported, api_name="export_session")
-    import_button.click(partial(do_import, store), to_import, [chosen, message], api_name="import_session")
+    def on_share(what, session_id, rid, state, request: gr.Request):  # likewise the request
+        return do_share(store, what, session_id, rid, state, request)
+
+    def on_load(key, state, request: gr.Request):
+        return on_page_load(store, key, state, request)
+
+    runs.select(on_pick, [runs, session], [run_id, run_json, prompt, *plots], api_name=False)
+    replay_button.click(partial(do_replay, store), [run_id, session], [replay_result, session], api_name="replay",
+                        concurrency_id="model")
+    rename.click(partial(do_rename, store), [chosen, new_name, session], chosen, api_name="rename_session")
+    delete_session_button.click(partial(delete_session, store), [chosen, session], [chosen, message],
+                                api_name="delete_session")
+    delete_run_button.click(partial(delete_run, store), [run_id, session], [run_id, message], api_name="delete_run")
+    share_button.click(on_share, [share_what, chosen, run_id, session], share_link, api_name="share")
+    export_button.click(partial(do_export, store), [chosen, session], exported, api_name="export_session")
+    import_button.click(partial(do_import, store), [to_import, session], [chosen, message, session],
+                        api_name="import_session")
     logging_on.change(set_logging, [logging_on, session], session, api_name=False)
-
-    def on_load(request: gr.Request):  # gradio finds the request by this annotation (not through a partial)
-        return deep_link(store, request)
-
-    return on_load, [tabs, chosen, run_id, run_json, prompt, *plots, runs]
+    return on_load, [visitor_key, session], [visitor_key, session, tabs, chosen, run_id, run_json, prompt, *plots, runs]

@@ -7,8 +7,11 @@ from functools import partial
 
 import gradio as gr
 
+from engines.config.policy import limits
 from engines.model.loading import MANAGER
+from engines.probes.runner import check_prompt_length
 from engines.studies.sift import (
+    MAX_CALLS,
     SiftResult,
     Sticker,
     benchmark_summary,
@@ -22,6 +25,7 @@ from services.run_log import session_for, write_run
 from storage.db import StorageError, Store
 from ui import figures
 from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
+from ui.text import Refusal, warn
 
 STAGE_HEADERS = ["#", "stage", "step", "answer", "agrees", "prompt tokens", "new tokens", "seconds"]
 BENCHMARK_HEADERS = ["item", "gold", "baseline_answer", "baseline_correct", "sift_answer", "sift_correct",
@@ -49,7 +53,7 @@ def log(store, state, kind, config, inputs, outputs) -> tuple[str | None, dict]:
     try:
         return write_run(log_to, session_id, kind, config, MANAGER.loaded, inputs, outputs, None), state
     except StorageError as exc:
-        gr.Warning(str(exc))
+        warn(str(exc))
         return None, state
 
 
@@ -74,9 +78,13 @@ def sift(tab: SiftTab, context, question, budget, attention_wanted, state, *valu
     """The pipeline stage by stage, then the Sticker attention (when asked) and the logged run."""
     run_config = Panel.of(values).config()
     if not (question or "").strip():
-        raise gr.Error("Enter a problem or a question for SIFT to work on.")
+        raise Refusal("Enter a problem or a question for SIFT to work on.")
+    with said_to_user():
+        limits().check_calls(MAX_CALLS, int(budget))
     query = query_of(context, question)
     loaded = loaded_model(run_config, progress)
+    with said_to_user():
+        check_prompt_length(loaded, query)
     stages: list[dict] = []
     events = MANAGER.stream(run_config.model, lambda model, should_stop: run_sift(
         model, query, run_config, int(budget), should_stop))
@@ -117,6 +125,10 @@ def show_stage(choice, stages):
 def benchmark(tab: SiftTab, count, budget, state, *values, progress=gr.Progress()):
     """SIFT against the problem alone over the mini benchmark, problem by problem."""
     run_config = Panel.of(values).config()
+    if count is None or int(count) != count or count < 1:
+        raise Refusal("The number of problems must be a whole number, 1 or more.")
+    with said_to_user():
+        limits().check_calls(int(count) * MAX_CALLS, int(budget))
     loaded_model(run_config, progress)
     total, rows = int(count), []
     events = MANAGER.stream(run_config.model, lambda model, should_stop: run_benchmark(

@@ -14,19 +14,22 @@ from engines.attention.function import AttentionCapture
 from engines.attention.views import capture_views, question_positions
 from engines.config.errors import LabError
 from engines.config.kinds import entries
+from engines.config.policy import limits
 from engines.config.specs import DTYPES, EMBEDDED_MODEL, QUANTS, DecodingSpec, ModelSpec, RunConfig, SpecError
 from engines.model.loading import MANAGER
 from engines.probes.haystack import HaystackError, read_upload
 from engines.probes.runner import SCORE_MODES, run_probe
 from engines.probes.tasks import load_tasks
-from engines.studies.sweeps import DEPTH_SPACINGS, SweepSpec, depth_grid
+from engines.studies.sweeps import DEPTH_SPACINGS, SweepSpec, check_cells, depth_grid
+from services import visitors
 from services.replay import stored_probe
 from services.run_log import session_for
 from services.sweep_jobs import SweepJob, estimate, open_job, parse_list, run_job
-from storage.db import Store
+from storage.db import StorageError, Store
 from ui import figures
 from ui.haystack import PRESET_HAYSTACK
 from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
+from ui.text import Refusal
 
 TABLE_COLUMNS = ["length", "depth", "seed", "correct", "score", "answer", "prompt_tokens", "key"]
 
@@ -43,21 +46,23 @@ def sweep_spec(task, lengths, depth_count, spacing, seeds, mode, haystack, param
                          parse_list(seeds, int, "Seeds"), mode, None if haystack == PRESET_HAYSTACK else haystack,
                          params, bool(needle_attention))
     except json.JSONDecodeError as exc:
-        raise gr.Error(f"Builder settings are not valid JSON ({exc.msg}); write an object such as "
+        raise Refusal(f"Builder settings are not valid JSON ({exc.msg}); write an object such as "
                        '{"num_hops": 3}.') from exc
     except HaystackError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise Refusal(str(exc)) from exc
 
 
 def b_config(a: RunConfig, model, quant, dtype, chat_template, decoding) -> RunConfig:
     try:
         spec = ModelSpec(model=(model or "").strip(), quant=quant, quant_4bit_type=a.model.quant_4bit_type,
                          dtype=dtype, device=a.model.device)
-        return RunConfig(model=spec, chat_template=bool(chat_template), max_new_tokens=a.max_new_tokens,
-                         rope=a.rope, mask=a.mask,
-                         decoding=DecodingSpec.parse(decoding) if (decoding or "").strip() else a.decoding)
+        config = RunConfig(model=spec, chat_template=bool(chat_template), max_new_tokens=a.max_new_tokens,
+                           rope=a.rope, mask=a.mask,
+                           decoding=DecodingSpec.parse(decoding) if (decoding or "").strip() else a.decoding)
+        limits().check_run(config)
+        return config
     except SpecError as exc:
-        raise gr.Error(f"Configuration B: {exc}") from exc
+        raise Refusal(f"Configuration B: {exc}") from exc
 
 
 def status_line(jobs: list[SweepJob], started: float, done_now: int, estimated: float | None) -> str:
@@ -68,7 +73,8 @@ def status_line(jobs: list[SweepJob], started: float, done_now: int, estimated: 
     eta = f"{elapsed / done_now * remaining:.0f} s" if done_now else (
         f"about {estimated:.0f} s (estimate)" if estimated is not None else "-")
     ids = ", ".join(f"{'AB'[i]}: `{job.sweep_id}` ({job.status})" for i, job in enumerate(jobs))
-    return f"**{finished}/{total} cells**, elapsed {elapsed:.0f} s, remaining {eta} | sweep ids {ids}"
+    warnings = "".join(f" | **not saved:** {job.warning}" for job in jobs[:1] if job.warning)
+    return f"**{finished}/{total} cells**, elapsed {elapsed:.0f} s, remaining {eta} | sweep ids {ids}{warnings}"
 
 
 def plots(jobs: list[SweepJob], value: str, threshold: float | None) -> dict:
@@ -140,7 +146,7 @@ def stream(tab: SweepTab, jobs: list[SweepJob], log_to: Store | None, limit, pro
                 progress((sum(len(j.rows) for j in jobs), total), desc="cells")
                 yield shown()
     except LabError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise Refusal(str(exc)) from exc
     yield shown() | {tab.sweep_ids: [job.sweep_id for job in jobs], tab.model_status: describe_loaded()}
 
 
@@ -152,12 +158,14 @@ def make_jobs(log_to: Store | None, grid: Grid, state, values) -> tuple[dict, St
     configs = [a] + ([b_config(a, grid.b_model, grid.b_quant, grid.b_dtype, grid.b_template, grid.b_decoding)]
                      if grid.compare else [])
     try:
+        check_cells(len(spec.lengths) * len(spec.depths) * len(spec.seeds) * len(configs),
+                    "This grid, run for A and B," if len(configs) > 1 else None)
         upload_text = read_upload(grid.upload) if grid.upload else None
         log_to, session_id, state = session_for(log_to, state)
         return state, log_to, [open_job(log_to, session_id, c, spec, upload_text=upload_text,
                                         label=f"{grid.task} {'AB'[i]}") for i, c in enumerate(configs)]
     except LabError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise Refusal(str(exc)) from exc
 
 
 def estimate_time(task, lengths, depth_count, spacing, seeds, mode, haystack, params, needle_attention, upload,
@@ -169,7 +177,7 @@ def estimate_time(task, lengths, depth_count, spacing, seeds, mode, haystack, pa
     try:
         figures_ = [estimate(job, lambda f, m: progress(f, desc=m)) for job in jobs]
     except LabError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise Refusal(str(exc)) from exc
     seconds = sum(f["seconds"] for f in figures_)
     plain = sum(f["seconds_without_sharing"] for f in figures_)
     return (f"**Estimate:** {sum(f['cells'] for f in figures_)} cells, about **{seconds:.0f} s** "
@@ -187,12 +195,15 @@ def run(tab: SweepTab, task, lengths, depth_count, spacing, seeds, mode, haystac
     yield from stream(tab, jobs, log_to, threshold, progress)
 
 
-def resume(tab: SweepTab, sweep_id, threshold, progress=gr.Progress()):
-    """Continue a stopped sweep from its saved cells."""
+def resume(tab: SweepTab, sweep_id, threshold, state, progress=gr.Progress()):
+    """Continue one of this visitor's stopped sweeps from its saved cells."""
     try:
+        if tab.store is None:
+            raise StorageError("Sweeps cannot be resumed: this lab has no run log.")
+        visitors.resumable_sweep(tab.store, state, (sweep_id or "").strip())
         job = open_job(tab.store, "", resume_id=(sweep_id or "").strip())
     except LabError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise Refusal(str(exc)) from exc
     yield from stream(tab, [job], tab.store, threshold, progress)
 
 
@@ -210,7 +221,7 @@ def cell_attention(store: Store | None, cell: dict | None, progress=gr.Progress(
     """Rerun the chosen (logged) cell with attention capture and show its views."""
     run_record = store.get_run(cell["run_id"]) if store and cell and cell.get("run_id") else None
     if run_record is None:
-        raise gr.Error("Click a cell of a logged sweep in the table first (its run id appears in Cell).")
+        raise Refusal("Click a cell of a logged sweep in the table first (its run id appears in Cell).")
     run_config = RunConfig.from_dict(run_record["config"])
     loaded = loaded_model(run_config, progress)
     with said_to_user():
@@ -289,7 +300,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                           concurrency_id="model")
     event = run_button.click(partial(run, tab), [*grid_inputs, threshold, *config.all()], all_outputs,
                              api_name="sweep_run", concurrency_id="model")
-    resumed = resume_button.click(partial(resume, tab), [resume_id, threshold], all_outputs, api_name="sweep_resume",
+    resumed = resume_button.click(partial(resume, tab), [resume_id, threshold, session], all_outputs, api_name="sweep_resume",
                                   concurrency_id="model")
     cancel.click(None, cancels=[event, resumed], api_name=False)
 

@@ -11,6 +11,7 @@ import torch
 
 from engines.attention.function import AttentionCapture, HeadMapCapture
 from engines.config.kinds import entries
+from engines.config.policy import limits
 from engines.config.specs import RunConfig, SpecError
 from engines.context.run import run_state
 from engines.decoding.decode import decode
@@ -72,8 +73,9 @@ class ProbeOutcome:
 def max_prompt_tokens(loaded: LoadedModel) -> int:
     """The longest prompt this model and the free memory allow.
 
-    Four times the trained window (RoPE scaling can stretch it), and small enough that one layer's
-    fp32 attention scores (heads x L x L) take at most half of the available memory.
+    Four times the trained window (RoPE scaling can stretch it), small enough that one layer's
+    fp32 attention scores (heads x L x L) take at most half of the available memory, and within
+    the deployment's cap (a public Space allows fewer).
     """
     config = loaded.model.config
     trained = getattr(config, "max_position_embeddings", 8192)
@@ -82,7 +84,9 @@ def max_prompt_tokens(loaded: LoadedModel) -> int:
     else:
         free = psutil.virtual_memory().available
     by_memory = int(math.sqrt(free / 2 / (4 * config.num_attention_heads)))
-    return max(256, min(4 * trained, by_memory))
+    allowed = max(256, min(4 * trained, by_memory))
+    cap = limits().prompt_tokens
+    return allowed if cap is None else min(allowed, cap)
 
 
 def check_prompt_length(loaded: LoadedModel, prompt: str) -> int:

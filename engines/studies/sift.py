@@ -213,6 +213,11 @@ def ask(loaded: LoadedModel, config: RunConfig, text: str, budget: int, should_s
     return prompt, (opening + result.text if result else output).strip(), count
 
 
+# The most model calls one SIFT run makes: the query alone, the first sticker, two answers per
+# consensus check (three stages), two optimizations and the inverse.
+MAX_CALLS = 11
+
+
 def run_sift(loaded: LoadedModel, query: str, config: RunConfig | None = None, budget: int = 192,
              should_stop: Callable[[], bool] = lambda: False) -> Iterator[StageRecord | SiftResult]:
     """The whole pipeline on `query` (context and question together). Greedy unless the config's

@@ -17,6 +17,7 @@ import torch
 
 from engines.attention.function import AttentionCapture
 from engines.attention.views import question_positions, span_mass, stacked
+from engines.config.policy import limits
 from engines.config.specs import RunConfig
 from engines.context.run import run_state
 from engines.decoding.generation import PrefixCache, common_prefix, encode
@@ -26,7 +27,14 @@ from engines.probes.runner import SCORE_MODES, ProbeOutcome, run_probe
 from engines.probes.tasks import ProbeInstance, ProbeSpec, build_probe, get_task
 
 DEPTH_SPACINGS = ("linear", "sigmoid")
-MAX_CELLS = 2000
+
+
+def check_cells(count: int, what: str | None = None) -> None:
+    """A grid of `count` cells within the cap this lab allows (a public Space allows fewer)."""
+    cap = limits().sweep_cells
+    if count > cap:
+        raise HaystackError(f"{what or f'This grid has {count} cells; it'} is more than a sweep holds here "
+                            f"({cap} cells); choose fewer.")
 
 
 def depth_grid(count: int, spacing: str = "linear") -> tuple[float, ...]:
@@ -35,8 +43,7 @@ def depth_grid(count: int, spacing: str = "linear") -> tuple[float, ...]:
         raise HaystackError(f"Unknown depth spacing '{spacing}'. Choose linear or sigmoid.")
     if count < 1:
         raise HaystackError("Give at least one depth.")
-    if count > MAX_CELLS:  # refused on the count, before any list is built
-        raise HaystackError(f"{count} depths is more than a sweep holds ({MAX_CELLS} cells); choose fewer depths.")
+    check_cells(count, f"{count} depths")  # refused on the count, before any list is built
     if count == 1:
         return (50.0,)
     steps = [i / (count - 1) for i in range(count)]
@@ -80,9 +87,7 @@ class SweepSpec:
             raise HaystackError("Give one or more whole-number seeds, e.g. 1,2.")
         if self.mode not in SCORE_MODES:
             raise HaystackError(f"Unknown scoring mode '{self.mode}'. Choose generate or logprob.")
-        count = len(self.lengths) * len(self.depths) * len(self.seeds)  # on the counts: no cell list yet
-        if count > MAX_CELLS:
-            raise HaystackError(f"This grid has {count} cells; keep it to {MAX_CELLS} or fewer.")
+        check_cells(len(self.lengths) * len(self.depths) * len(self.seeds))  # on the counts: no cell list yet
 
     def cells(self) -> list[Cell]:
         return [Cell(n, float(d), s) for n in self.lengths for d in self.depths for s in self.seeds]

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, serving
 from gradio_client import Client
 
 from storage.db import Store
@@ -141,19 +141,27 @@ def test_locked_run_log_keeps_the_result_and_says_why(private_data_dir):
 
 def test_the_lab_serves_without_a_run_log():
     """When the run log cannot be opened at start the lab still serves (Sessions says why) and answers."""
-    import socket
-
-    from app import build_ui
-
-    with socket.socket() as probe_socket:
-        probe_socket.bind(("127.0.0.1", 0))
-        port = probe_socket.getsockname()[1]
-    demo = build_ui(None).queue()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        answer, stats, *_ = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+    with serving(None) as (url, _):
+        answer, stats, *_ = Client(url, verbose=False).predict(
             "The capital of France is Paris.", "What is the capital of France? Answer with one word.", *CONFIG,
             api_name="/probe")
         assert "Paris" in answer and stats["run_id"] is None
-    finally:
-        demo.close()
+
+
+def test_a_read_only_run_log_in_the_ui_still_shows_every_answer(private_data_dir):
+    """Probe, haystack probe and sweep through the API on a run log that refuses writes: each answer
+    comes back with the reason it was not kept, never a bare error."""
+    Store()  # create the file with its schema
+    read_only = Store(f"sqlite:///file:{private_data_dir / 'lab.sqlite'}?mode=ro&uri=true")
+    with serving(read_only) as (url, _):
+        client = Client(url, verbose=False)
+        answer, stats, *_ = client.predict("The capital of France is Paris.", "What is the capital of France?",
+                                           *CONFIG, api_name="/probe")
+        assert answer and stats["run_id"] is None and "could not be saved" in stats["not_saved"]
+        score = client.predict("passkey", 500, 50, 1, "preset", "{}", None, "generate", False, *CONFIG[1:],
+                               "greedy", api_name="/haystack_run")[4]
+        assert score["correct"] is not None and score["run_id"] is None and "could not be saved" in score["not_saved"]
+        status, cells, *_ = client.predict("passkey", "400", 2, "linear", "1", "generate", "preset", "{}", False,
+                                           None, False, "", "none", "auto", True, "", 0, *CONFIG[1:], "greedy",
+                                           api_name="/sweep_run")
+        assert "2/2 cells" in status and "not saved" in status and len(cells["data"]) == 2

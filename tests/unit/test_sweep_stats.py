@@ -4,9 +4,10 @@ import tracemalloc
 
 import pytest
 
+from engines.config.policy import PRIVATE
 from engines.probes.haystack import HaystackError
 from engines.studies.sweep_stats import by_depth, effective_length, grid, u_curve_indices, wilson_interval
-from engines.studies.sweeps import MAX_CELLS, SweepSpec, depth_grid
+from engines.studies.sweeps import SweepSpec, depth_grid
 from services.sweep_jobs import parse_list
 from ui import figures
 
@@ -77,7 +78,7 @@ def test_depth_grids():
     ({"seeds": ()}, "whole-number seeds"),
     ({"mode": "judge"}, "Unknown scoring mode"),
     ({"task": "nope"}, "Unknown task 'nope'"),
-    ({"lengths": tuple(range(1000, 1100)), "depths": tuple(range(30))}, "keep it to 2000"),
+    ({"lengths": tuple(range(1000, 1100)), "depths": tuple(range(30))}, "holds here .2000 cells"),
 ])
 def test_bad_sweep_settings(kwargs, words):
     args = {"task": "passkey", "lengths": (1000,), "depths": (0, 50)} | kwargs
@@ -104,7 +105,7 @@ def test_heatmap_leaves_unfinished_cells_blank_and_difference_is_b_minus_a():
 
 @pytest.mark.parametrize("build", [
     lambda: depth_grid(10**9),
-    lambda: SweepSpec("passkey", (1000,), (50.0,), tuple(range(MAX_CELLS + 1))),
+    lambda: SweepSpec("passkey", (1000,), (50.0,), tuple(range(PRIVATE.sweep_cells + 1))),
     lambda: parse_list(",".join(["1000"] * 10**6), int, "Lengths"),
 ])
 def test_absurd_grids_are_refused_on_their_counts_with_memory_flat(build):
@@ -112,7 +113,7 @@ def test_absurd_grids_are_refused_on_their_counts_with_memory_flat(build):
     before any list of depths or cells is built."""
     tracemalloc.start()
     try:
-        with pytest.raises(HaystackError, match="(holds|keep it to) .*2000"):
+        with pytest.raises(HaystackError, match="holds here .2000 cells"):
             build()
         peak = tracemalloc.get_traced_memory()[1]
     finally:

@@ -13,15 +13,17 @@ KINDS = {
     "probe": ({"context": "c", "question": "q"}, {"text": "Paris", "tokens": [{"token_id": 5, "prob": 0.9}]}),
     "sweep_cell": ({"probe": {"task": "passkey", "length": 500, "depth": 0.0, "seed": 1, "haystack": None,
                               "params": {}}, "mode": "generate"}, {"row": {"key": "500:0:1", "correct": True}}),
-    "sweep": ({"sweep": {"task": "passkey", "lengths": [500], "depths": [0.0]}}, {"cells": [], "effective": {}}),
-    "decode": ({"method": "greedy"}, {"text": "x"}),
+    "sweep": ({"sweep": {"task": "passkey", "lengths": [500], "depths": [0.0], "seeds": [1]}},
+              {"cells": [], "effective": {}}),
+    "conflicts": ({"methods": [{"method": "greedy"}]}, {"rows": []}),
 }
 
 
 def filled_store(url: str) -> tuple[Store, str]:
     store = Store(url)
     session_id = store.new_session("round trip <b>bold</b>")
-    sweep_id = store.create_sweep(session_id, {"task": "passkey", "params": {}}, {"model": {"model": "m"}})
+    grid = {"task": "passkey", "lengths": [500], "depths": [0.0], "seeds": [1], "params": {}}
+    sweep_id = store.create_sweep(session_id, grid, {"model": {"model": "m"}})
     for kind, (inputs, outputs) in KINDS.items():
         store.log_run(session_id, kind, {"model": {"model": "m"}}, inputs, outputs, {"torch": "2.13"},
                       prompt=f"prompt of {kind} " * 50, task="passkey", score=0.5, correct=False, seconds=1.25,
@@ -84,6 +86,14 @@ def hostile_files(exported: dict) -> list[tuple[bytes, str]]:
         (changed(lambda d: d["contexts"].update({next(iter(d["contexts"])): "tampered"})), "does not match its hash"),
         (changed(lambda d: d["sweeps"][0].update(spec="x")), "'spec' must be dict"),
         (changed(lambda d: d["runs"].append(d["runs"][-1] | {"id": "x", "outputs": None})), "'outputs' must be dict"),
+        (changed(lambda d: d["runs"].append(next(r for r in d["runs"] if r["cell"]) | {"id": "twin"})),
+         "repeats the cell 500:0:1"),
+        (changed(lambda d: d["sweeps"].append(d["sweeps"][0])), "same id"),
+        (changed(lambda d: d["sweeps"][0]["spec"].update(lengths=[])), "non-empty lists of lengths"),
+        (changed(lambda d: next(r for r in d["runs"] if r["kind"] == "sweep")["inputs"].pop("sweep")),
+         "sweep without its grid"),
+        (changed(lambda d: d["runs"][0].update(kind="<script>")), "of kind '<script>', which this lab does not know"),
+        (changed(lambda d: d["runs"][0]["config"].update(rope={"kind": "warp"})), "Unknown RoPE kind 'warp'"),
     ]
 
 
