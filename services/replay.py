@@ -11,9 +11,9 @@ from engines.config.policy import limits
 from engines.config.specs import RunConfig
 from engines.decoding.generation import format_prompt
 from engines.model.loading import MANAGER, Progress, no_progress
-from engines.probes.runner import max_prompt_tokens, run_free, run_probe
+from engines.probes.runner import check_prompt_length, max_prompt_tokens, run_free, run_probe
 from engines.probes.tasks import ProbeInstance, ProbeSpec, build_probe
-from engines.studies.sift import query_of, run_sift
+from engines.studies.sift import MAX_CALLS, query_of, run_sift
 from engines.studies.sweeps import SweepSpec
 from services.run_log import log_generation, log_probe, write_run
 from services.sweep_jobs import open_job, run_job
@@ -58,6 +58,7 @@ def replay(store: Store, run_id: str, progress: Progress = no_progress,
         prompt = instance.prompt
     elif kind == "probe":
         prompt = format_prompt(loaded.tokenizer, inputs["context"], inputs["question"], config.chat_template)
+        check_prompt_length(loaded, prompt)  # an imported run may be longer than this lab allows
         plain = format_prompt(loaded.tokenizer, "", inputs["question"], config.chat_template)
         with MANAGER.lock:
             *_, result = run_free(loaded, prompt, config, plain_prompt=plain)
@@ -66,6 +67,8 @@ def replay(store: Store, run_id: str, progress: Progress = no_progress,
         old = {"text": run["outputs"]["text"], "token_ids": [t["token_id"] for t in run["outputs"]["tokens"]]}
         differences = _differences(old, now, ("text", "token_ids"))
     elif kind == "sift":
+        limits().check_calls(MAX_CALLS, inputs["budget"])
+        check_prompt_length(loaded, query_of(inputs["context"], inputs["question"]))
         with MANAGER.lock:
             *_, result = run_sift(loaded, query_of(inputs["context"], inputs["question"]), config, inputs["budget"])
         new_id = write_run(store, session_id, "sift", config, loaded, inputs | {"replay_of": run_id},

@@ -18,6 +18,7 @@ from engines.probes.tasks import ProbeSpec, build_probe, get_task, load_tasks
 from services.run_flow import run_logged
 from services.run_log import log_probe, remember_upload, session_for, write_run
 from storage.db import StorageError, Store
+from storage.transfer import nesting_depth
 from ui import attention_panel
 from ui.figures import needle_strip
 from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
@@ -25,6 +26,7 @@ from ui.run_view import RunView, shown_views, streamed
 from ui.text import Refusal, warn
 
 PRESET_HAYSTACK = "preset"
+SETTINGS_MAX_CHARS = 10_000
 
 
 PROMPT_PREVIEW_CHARS = 20000
@@ -36,14 +38,24 @@ def task_help(name: str) -> tuple[str, str]:
             f"new-token budget {task.max_new_tokens}.", json.dumps(task.params, indent=1))
 
 
-def probe_spec(task, length, depth, seed, haystack, params_json) -> ProbeSpec:
+def builder_settings(text: str | None) -> dict:
+    """The builder settings box as a dict; checked on its size and nesting before it is parsed."""
+    text = text or "{}"
+    if len(text) > SETTINGS_MAX_CHARS or nesting_depth(text) > 4:
+        raise Refusal(f"Builder settings are a small JSON object (at most {SETTINGS_MAX_CHARS:,} characters, "
+                      'nested at most 4 deep) such as {"num_hops": 3}.')
     try:
-        params = json.loads(params_json or "{}")
+        params = json.loads(text)
     except json.JSONDecodeError as exc:
         raise Refusal(f"Builder settings are not valid JSON ({exc.msg} at character {exc.pos}); "
-                       'write an object such as {"num_hops": 3}.') from exc
+                      'write an object such as {"num_hops": 3}.') from exc
     if not isinstance(params, dict):
         raise Refusal('Builder settings must be a JSON object such as {"num_hops": 3}.')
+    return params
+
+
+def probe_spec(task, length, depth, seed, haystack, params_json) -> ProbeSpec:
+    params = builder_settings(params_json)
     if length is None or int(length) != length or depth is None or seed is None or int(seed) != seed:
         raise Refusal("Length and seed must be whole numbers and depth a number from 0 to 100.")
     try:

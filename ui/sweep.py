@@ -2,7 +2,6 @@
 length curves, effective context length, A/B comparison, resume, and each cell's details on click."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -27,7 +26,7 @@ from services.run_log import session_for
 from services.sweep_jobs import SweepJob, estimate, open_job, parse_list, run_job
 from storage.db import StorageError, Store
 from ui import figures
-from ui.haystack import PRESET_HAYSTACK
+from ui.haystack import PRESET_HAYSTACK, builder_settings
 from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
 from ui.text import Refusal
 
@@ -36,18 +35,13 @@ TABLE_COLUMNS = ["length", "depth", "seed", "correct", "score", "answer", "promp
 
 def sweep_spec(task, lengths, depth_count, spacing, seeds, mode, haystack, params_json,
                needle_attention=False) -> SweepSpec:
+    params = builder_settings(params_json)
     try:
-        params = json.loads(params_json or "{}")
-        if not isinstance(params, dict):
-            raise HaystackError('Builder settings must be a JSON object such as {"num_hops": 3}.')
         if depth_count is None or int(depth_count) != depth_count:
             raise HaystackError("The number of depths must be a whole number, e.g. 11.")
         return SweepSpec(task, parse_list(lengths, int, "Lengths"), depth_grid(int(depth_count), spacing),
                          parse_list(seeds, int, "Seeds"), mode, None if haystack == PRESET_HAYSTACK else haystack,
                          params, bool(needle_attention))
-    except json.JSONDecodeError as exc:
-        raise Refusal(f"Builder settings are not valid JSON ({exc.msg}); write an object such as "
-                       '{"num_hops": 3}.') from exc
     except HaystackError as exc:
         raise Refusal(str(exc)) from exc
 

@@ -57,11 +57,17 @@ def _flash_with_lse(query, key, value, attn_mask=None, is_causal=False, scale=No
 
 
 def is_causal_after_prefix(mask: torch.Tensor | None, q_len: int, kv_len: int) -> bool:
-    """True when `mask` [batch, 1, q, kv] lets query i see exactly keys 0..(kv - q + i)."""
+    """True when `mask` [batch, 1, q, kv] lets query i see exactly keys 0..(kv - q + i). Every layer
+    of a forward pass gets the same mask, so the answer is kept on the mask after the first layer."""
     if mask is None or mask.dtype != torch.bool or mask.shape[-2:] != (q_len, kv_len) or mask.shape[0] != 1:
         return False
+    known = getattr(mask, "_lab_causal_after_prefix", None)
+    if known is not None:
+        return known
     rows = torch.arange(q_len, device=mask.device)[:, None] + (kv_len - q_len)
-    return bool(torch.equal(mask[0, 0], torch.arange(kv_len, device=mask.device)[None, :] <= rows))
+    mask._lab_causal_after_prefix = bool(torch.equal(mask[0, 0], torch.arange(kv_len, device=mask.device)[None, :]
+                                                     <= rows))
+    return mask._lab_causal_after_prefix
 
 
 def merge_by_lse(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -74,11 +80,19 @@ def merge_by_lse(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor
 def prefix_chunk_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                            scaling: float | None) -> torch.Tensor:
     """Causal attention of the last q positions over all keys, in two fused calls. Shapes
-    query [b, h, q, d], key/value [b, h, kv, d] (heads already repeated); returns [b, h, q, d]."""
-    prefix = key.shape[2] - query.shape[2]
-    before = _flash_with_lse(query, key[:, :, :prefix], value[:, :, :prefix], scale=scaling)
-    own = _flash_with_lse(query, key[:, :, prefix:], value[:, :, prefix:], is_causal=True, scale=scaling)
-    return merge_by_lse([before[:2], own[:2]])
+    query [b, h, q, d], key/value [b, kv_heads, kv, d]; returns [b, h, q, d].
+
+    Every query sees the whole prefix, so the query heads that share a key head are stacked as rows
+    of one call against the prefix's keys as they are (no copy of the prefix per query head); only
+    the chunk's own keys are repeated for its causal part."""
+    b, heads, q_len, d = query.shape
+    groups, prefix = heads // key.shape[1], key.shape[2] - q_len
+    stacked = query.reshape(b, key.shape[1], groups * q_len, d)
+    out, lse = _flash_with_lse(stacked, key[:, :, :prefix], value[:, :, :prefix], scale=scaling)[:2]
+    before = out.reshape(b, heads, q_len, d), lse.reshape(b, heads, q_len)
+    own = _flash_with_lse(query, repeat_kv(key[:, :, prefix:], groups), repeat_kv(value[:, :, prefix:], groups),
+                          is_causal=True, scale=scaling)
+    return merge_by_lse([before, own[:2]])
 
 
 def rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
@@ -120,8 +134,8 @@ def two_branch_attention(module, query, key, value, scaling):
     """Window masks without a dense mask: a local window with normal RoPE, computed block by block,
     plus the first keys (sinks, Lambda's global keys) where they fall outside the window, merged by
     log-sum-exp. Sinks with re-indexing and Lambda change the distance to those first keys by
-    rotating the query (and, for Lambda, un-rotating the keys). Shapes as in prefix_chunk_attention;
-    absolute positions are the cache indices."""
+    rotating the query (and, for Lambda, un-rotating the keys). Shapes query [b, h, q, d], key/value
+    [b, h, kv, d] (heads repeated); absolute positions are the cache indices."""
     rule = current(module.config).rule
     q_len, kv_len = query.shape[2], key.shape[2]
     q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
@@ -278,8 +292,7 @@ def _lab_attention(module, query, key, value, attention_mask, dropout, scaling, 
         return out.transpose(1, 2).contiguous(), None
     if (attention_path(query.device.type) == "cpu-fused" and dropout == 0.0 and 1 < q_len < kv_len
             and is_causal_after_prefix(attention_mask, q_len, kv_len)):
-        groups = getattr(module, "num_key_value_groups", 1)
-        out = prefix_chunk_attention(query, repeat_kv(key, groups), repeat_kv(value, groups), scaling)
+        out = prefix_chunk_attention(query, key, value, scaling)
         return out.transpose(1, 2).contiguous(), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                   scaling=scaling, **kwargs)

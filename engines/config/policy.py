@@ -40,10 +40,13 @@ class Limits:
 
     def check_tokens(self, new_tokens: int, what: str = "Max new tokens") -> None:
         if new_tokens > self.new_tokens:
-            raise SpecError(f"{what} is {new_tokens}; this lab allows at most {self.new_tokens} here. "
+            raise SpecError(f"{what} is {new_tokens}; this lab allows at most {self.new_tokens} new tokens here. "
                             "Choose fewer.")
 
     def check_decoding(self, decoding: DecodingSpec) -> None:
+        if decoding.method == "icn":  # several answers in turn: their tokens add up
+            answers, each = decoding.params.get("answers", 5), decoding.params.get("answer_tokens", 12)
+            self.check_tokens(answers * each, f"'{decoding.label}' writes up to {answers} x {each} tokens, which")
         setting = WIDTH_SETTINGS.get(decoding.method)
         width = decoding.params.get(setting, 0) if setting else 0
         if width > self.beams:

@@ -121,9 +121,9 @@ class PrefixCache:
         self.reset()
 
     def reset(self) -> None:
-        from transformers import DynamicCache
+        from engines.decoding.cache import new_cache
 
-        self.cache = DynamicCache()
+        self.cache = new_cache()
         self.ids: list[int] = []
 
     def keep(self, count: int) -> None:

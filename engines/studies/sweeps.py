@@ -188,13 +188,13 @@ class SpeedModel:
 def calibrate(loaded: LoadedModel, config: RunConfig) -> SpeedModel:
     """Time two short prefills and a few decode steps on the loaded model under the config's RoPE and
     mask (about a second on a CPU)."""
-    from transformers import DynamicCache
+    from engines.decoding.cache import new_cache
 
     timings = {}
     with run_state(loaded.model, config.rope, config.mask):
         for count in (256, 1024):
             ids = torch.randint(100, 1000, (1, count), device=loaded.device)
-            cache = DynamicCache()
+            cache = new_cache()
             started = time.perf_counter()
             loaded.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
             timings[count] = time.perf_counter() - started

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.utils import Status
 
 pytestmark = pytest.mark.model
 
@@ -123,8 +124,11 @@ def test_every_cap_is_refused_on_its_count_with_memory_flat(space):
         (lambda: _probe(client, long_text), "tokens; .* allow at most 4,096"),
         (lambda: _probe(client, "x" * 5_000_000), "characters; .* at most 4,096 tokens"),
         (lambda: _probe(client, config=CONFIG[:5] + [100_000] + CONFIG[6:]), "Max new tokens"),
-        (lambda: _probe(client, config=CONFIG[:5] + [300] + CONFIG[6:]), "at most 256 here"),
+        (lambda: _probe(client, config=CONFIG[:5] + [300] + CONFIG[6:]), "at most 256 new tokens here"),
         (lambda: _probe(client, config=CONFIG[:8] + ["beam:num_beams=32"]), "at most 4 here"),
+        (lambda: _probe(client, config=CONFIG[:8] + ["icn:answers=20,answer_tokens=64"]), "20 x 64 tokens"),
+        (lambda: client.predict("passkey", 1000, 50, 1, PRESET_HAYSTACK, "[" * 100_000 + "]" * 100_000, None,
+                                *CONFIG, api_name="/haystack_build"), "small JSON object"),
         (lambda: _probe(client, config=["someone/big-model"] + CONFIG[1:]), "This Space serves only"),
         (lambda: _probe(client, config=["/etc"] + CONFIG[1:]), "This Space serves only"),
         (lambda: sweep("sweep_estimate", depth_count=10**9), "1000000000 depths is more than .*60 cells"),
@@ -156,7 +160,9 @@ def test_a_visitor_cannot_fill_the_queue(space):
     slow = CONFIG[:5] + [200] + CONFIG[6:]
     jobs = [client.submit("The grass is green. " * 150, "Say something long.", False, *slow, api_name="/probe")
             for _ in range(2)]
-    time.sleep(1.0)
+    for job in jobs:  # both are in the queue (or running) before the third is asked for
+        while job.status().code in (Status.STARTING, Status.JOINING_QUEUE):
+            time.sleep(0.1)
     with pytest.raises(Exception, match="already have 2 jobs waiting or running"):
         client.predict("ctx", "q", False, *CONFIG, api_name="/probe")
     assert other.predict("ctx", "q", False, *CONFIG, api_name="/probe")[1]["new_tokens"] >= 1  # others still run

@@ -91,6 +91,9 @@ def test_deleting_a_sweep_run_takes_its_cells(two):
     cells = [_log(store, a_session, f"cell {i}", kind="sweep_cell", sweep_id=sweep, cell=f"500:{i}:1")
              for i in range(3)]
     summary = _log(store, a_session, None, kind="sweep", sweep_id=sweep)
+    visitors.resumable_sweep(store, a, sweep)
+    with pytest.raises(StorageError, match="No session of yours"):
+        visitors.resumable_sweep(store, two[2], sweep)  # B cannot resume (and so write into) A's sweep
     assert visitors.delete(store, a, run_id=summary) == 4
     assert all(store.get_run(c) is None for c in cells) and store.get_sweep(sweep) is None
 

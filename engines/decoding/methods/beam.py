@@ -53,7 +53,7 @@ def stream_beams(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: i
     sum log p / length ** length_penalty; the best `width` unfinished ones run on. Group g first
     subtracts diversity_penalty x (how often earlier groups chose the token at this step).
     """
-    from transformers import DynamicCache
+    from engines.decoding.cache import new_cache
 
     model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
     beams = spec.get("num_beams")
@@ -62,7 +62,7 @@ def stream_beams(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: i
     length_penalty = spec.get("length_penalty")
     width, eos = beams // group_count, _eos_ids(loaded)
     groups = [_Group(width) for _ in range(group_count)]
-    cache, started = DynamicCache(), time.perf_counter()
+    cache, started = new_cache(), time.perf_counter()
     position_ids = None if positions is None else positions[None].to(device)
     logits = model(input_ids=input_ids.to(device), cache=cache, use_cache=True, logits_to_keep=1,
                    position_ids=position_ids).logits[:, -1]

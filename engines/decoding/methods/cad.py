@@ -13,9 +13,9 @@ from engines.decoding.methods import ChooserMethod
 def cad_chooser(loaded, plain_ids: torch.Tensor, alpha: float | None):
     """A second KV cache runs the prompt without the context; the chosen token maximises
     (1+a) z(y|c,x) - a z(y|x). `alpha` None is AdaCAD: a = JSD of the two distributions."""
-    from transformers import DynamicCache
+    from engines.decoding.cache import new_cache
 
-    cache, state = DynamicCache(), {"next": plain_ids.to(loaded.device)}
+    cache, state = new_cache(), {"next": plain_ids.to(loaded.device)}
     tokenizer = loaded.tokenizer
 
     def choose(logits, outputs, ids):

@@ -19,10 +19,10 @@ def stream_contrastive(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tok
     """Contrastive search: among the top_k tokens pick argmax (1-alpha) p(v) - alpha max_j cos(h_v, h_j),
     h = last-layer hidden states of every earlier token (prompt included). Each candidate is run on the
     cache and cropped off again; the chosen one is then fed for real."""
-    from transformers import DynamicCache
+    from engines.decoding.cache import new_cache
 
     model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
-    cache, eos, delta = DynamicCache(), _eos_ids(loaded), TextDelta(tokenizer)
+    cache, eos, delta = new_cache(), _eos_ids(loaded), TextDelta(tokenizer)
     started = time.perf_counter()
     out = model(input_ids=input_ids.to(device), cache=cache, use_cache=True, output_hidden_states=True)
     history = out.hidden_states[-1][0].float()
