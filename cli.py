@@ -5,10 +5,12 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 from sqlalchemy.exc import SQLAlchemyError
 
 from engines.attention.function import AttentionCapture, attention_path
@@ -36,7 +38,7 @@ from engines.studies.sift import benchmark_summary, query_of, run_benchmark, run
 from engines.studies.sweeps import SweepSpec
 from services.replay import replay
 from services.run_log import log_generation, log_probe, remember_upload, write_run
-from services.sweep_jobs import open_job, parse_list, run_job, sweep_summary
+from services.sweep_jobs import estimate, open_job, parse_list, run_job, sweep_summary
 from storage.db import StorageError, Store, logging_enabled
 from storage.transfer import export_session, import_session
 
@@ -267,8 +269,10 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
                          args.score, args.haystack, parse_params(args.param))
         upload_text = read_upload(args.upload) if args.upload else None
         config = config_from_args(args, default_new_tokens=get_task(args.task).max_new_tokens)
-        store, session_id = _run_log(args)
         configs = [("A", config)] + ([("B", config_with(config, parse_params(args.b)))] if args.b else [])
+        if args.estimate:
+            return estimate_command([open_job(None, "", c, spec, upload_text=upload_text) for _, c in configs])
+        store, session_id = _run_log(args)
         jobs = [open_job(store, session_id, c, spec, upload_text=upload_text, label=f"{args.task} {name}")
                 for name, c in configs]
     results = []
@@ -285,6 +289,27 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
                         "threshold": summary["effective"], "u_curve": summary["u_curve"],
                         "attention_path": attention_path(MANAGER.loaded.device if MANAGER.loaded else "cpu")})
     return results[0] if len(results) == 1 else {"a": results[0], "b": results[1]}
+
+
+def estimate_command(jobs: list) -> dict[str, Any]:
+    """What `sweep` would take, run nothing: starting (this process's own start, timed so far),
+    loading the model (timed here as it happens) and the cells, from a short calibration on it."""
+    startup = time.time() - psutil.Process().create_time()
+    started = time.perf_counter()
+    figures = []
+    for job in jobs:
+        loading = time.perf_counter()
+        MANAGER.get(job.config.model, first_use_progress)
+        load_seconds = time.perf_counter() - loading
+        figures.append(estimate(job) | {"model_load_seconds": round(load_seconds, 1)})
+    cells = sum(f["seconds"] for f in figures)
+    return {"estimated_seconds": round(startup + cells + sum(f["model_load_seconds"] for f in figures), 1),
+            "cells": sum(f["cells"] for f in figures), "cell_seconds": round(cells, 1),
+            "startup_seconds": round(startup, 1),
+            "model_load_seconds": round(sum(f["model_load_seconds"] for f in figures), 1),
+            "seconds_without_sharing": round(sum(f["seconds_without_sharing"] for f in figures), 1),
+            "new_tokens_per_cell": figures[0]["new_tokens_per_cell"],
+            "estimate_took_seconds": round(time.perf_counter() - started, 1)}
 
 
 def config_with(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
@@ -423,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--b", action="append", default=[], metavar="KEY=VALUE",
                        help="run the same sweep again with this setting changed (A/B), e.g. --b dtype=fp32")
     sweep.add_argument("--resume", metavar="SWEEP_ID", help="continue an interrupted sweep")
+    sweep.add_argument("--estimate", action="store_true", help="print the estimated time (model load included) "
+                       "and run nothing")
     add_config_flags(sweep)
     add_method_flag(sweep)
     sessions = commands.add_parser("sessions", help="list sessions, or one session's runs")

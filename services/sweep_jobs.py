@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from engines.config.specs import RunConfig
 from engines.model.loading import MANAGER, Progress, no_progress
 from engines.probes.haystack import HaystackError
-from engines.probes.runner import max_prompt_tokens
+from engines.probes.runner import max_prompt_tokens, run_probe
 from engines.studies.sweep_stats import by_depth, by_length, effective_length, u_curve_indices
 from engines.studies.sweeps import (
     SweepSpec,
@@ -87,13 +87,19 @@ def prepare(job: SweepJob, progress: Progress = no_progress):
 
 
 def estimate(job: SweepJob, progress: Progress = no_progress) -> dict:
-    """Seconds the remaining cells should take, from a short calibration on the loaded model."""
+    """Seconds the remaining cells should take, from a short calibration on the loaded model. Answers
+    stop at the end of sequence well before the budget, so the number of decode steps per cell is
+    taken from the shortest cell answered for real (its own time is a second or two)."""
     loaded, cells = prepare(job, progress)
+    new_tokens = 0
     with MANAGER.lock:
         speed = calibrate(loaded, job.config)
+        if cells and job.spec.mode == "generate":
+            shortest = min((instance for _, instance in cells), key=lambda instance: instance.prompt_tokens)
+            *_, outcome = run_probe(loaded, shortest, "generate", job.config)
+            new_tokens = outcome.generation.new_tokens
     spans = computed_spans(loaded.tokenizer, [instance for _, instance in cells], job.spec.mode)
-    new_tokens = cells[0][1].max_new_tokens if cells and job.spec.mode == "generate" else 0
-    return estimate_seconds(speed, spans, new_tokens) | {"cells": len(cells)}
+    return estimate_seconds(speed, spans, new_tokens) | {"cells": len(cells), "new_tokens_per_cell": new_tokens}
 
 
 def run_job(job: SweepJob, store: Store | None, progress: Progress = no_progress) -> Iterator[dict]:

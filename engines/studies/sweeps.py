@@ -192,16 +192,18 @@ def calibrate(loaded: LoadedModel, config: RunConfig) -> SpeedModel:
 
     timings = {}
     with run_state(loaded.model, config.rope, config.mask):
+        loaded.model(input_ids=torch.randint(100, 1000, (1, 64), device=loaded.device), logits_to_keep=1)  # warm-up
         for count in (256, 1024):
             ids = torch.randint(100, 1000, (1, count), device=loaded.device)
             cache = new_cache()
             started = time.perf_counter()
             loaded.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
             timings[count] = time.perf_counter() - started
+        loaded.model(input_ids=ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1)
         started = time.perf_counter()
-        for _ in range(4):
+        for _ in range(6):
             loaded.model(input_ids=ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1)
-        decode = (time.perf_counter() - started) / 4
+        decode = (time.perf_counter() - started) / 6
     # t(n) = a n + b n^2 / 2, solved from the two timings
     n1, n2, t1, t2 = 256, 1024, timings[256], timings[1024]
     quadratic = max(0.0, 2 * (t2 / n2 - t1 / n1) / (n2 - n1))

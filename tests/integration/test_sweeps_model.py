@@ -104,6 +104,19 @@ def test_cli_sweep_prints_cells_and_resumes(tmp_path):
     assert bad.returncode == 2 and "No sweep with id 'nope'" in bad.stderr
 
 
+def test_cli_estimate_runs_nothing_and_counts_every_part(private_data_dir):
+    done = subprocess.run([sys.executable, str(ROOT / "app.py"), "sweep", "--task", "passkey", "--lengths", "400,800",
+                           "--depths", "0,50,100", "--b", "dtype=bf16", "--estimate", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["cells"] == 12 and 1 <= out["new_tokens_per_cell"] <= 16  # A and B; answers end before the budget
+    parts = out["startup_seconds"] + out["model_load_seconds"] + out["cell_seconds"]
+    assert out["estimated_seconds"] == pytest.approx(parts, abs=0.2) and out["cell_seconds"] > 0
+    assert out["seconds_without_sharing"] >= out["cell_seconds"]
+    assert not (private_data_dir / "lab.sqlite").exists()  # an estimate logs nothing
+
+
 def test_sweep_tab_through_gradio_client(served_app):
     url, store = served_app
     client = Client(url, verbose=False)
