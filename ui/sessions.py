@@ -22,7 +22,7 @@ from storage.db import RUN_KINDS, Store
 from ui import figures
 from ui.text import Refusal
 
-RUN_COLUMNS = ["id", "created_at", "kind", "task", "model", "score", "correct", "seconds", "session_id"]
+RUN_COLUMNS = ["when", "kind", "task", "length", "depth", "question", "answer", "score", "correct", "model", "id"]
 KINDS = ["all", *RUN_KINDS]
 PLOTS = 4
 SHARE_WHAT = ["this run", "the chosen session"]
@@ -61,7 +61,20 @@ def run_rows(store: Store, session_id, kind, model, task, since, min_score, cell
         store, state, session_id or None, limit=500, kind=None if kind == "all" else kind,
         model=(model or "").strip() or None, task=(task or "").strip() or None, since=since_date,
         min_score=lowest, include_cells=bool(cells)))
-    return [[r[c] for c in RUN_COLUMNS] for r in runs]
+    return [readable_row(r) for r in runs]
+
+
+def readable_row(run: dict) -> list:
+    """A run as a person reads it: when, what was asked at which length and depth, what came back."""
+    probe, outputs = run["inputs"].get("probe") or {}, run["outputs"]
+    grid = run["inputs"].get("sweep") or {}
+    answer = outputs.get("answer", outputs.get("text", ""))
+    fields = {"when": run["created_at"].replace("T", " "), "kind": run["kind"], "task": run["task"] or "",
+              "length": probe.get("length", ",".join(map(str, grid.get("lengths", [])))),
+              "depth": probe.get("depth", f"{len(grid['depths'])} depths" if grid.get("depths") else ""),
+              "question": str(run["inputs"].get("question", ""))[:80], "answer": str(answer or "")[:80],
+              "score": run["score"], "correct": run["correct"], "model": run["model"], "id": run["id"]}
+    return [fields[c] for c in RUN_COLUMNS]
 
 
 def unavailable() -> None:
@@ -83,7 +96,7 @@ def open_run(store: Store, rid, state):
 
 
 def pick(store: Store, rows, state, evt: gr.SelectData):
-    rid = rows.iloc[evt.index[0]]["id"] if hasattr(rows, "iloc") else rows[evt.index[0]][0]
+    rid = rows.iloc[evt.index[0]]["id"] if hasattr(rows, "iloc") else rows[evt.index[0]][RUN_COLUMNS.index("id")]
     return [rid] + open_run(store, rid, state)
 
 
@@ -187,7 +200,8 @@ def build(store: Store, session: gr.State, tabs: gr.Tabs, visitor_key: gr.Browse
             refresh = gr.Button("Refresh")
             new_name = gr.Textbox(label="Rename the chosen session to", scale=2)
             rename = gr.Button("Rename")
-            logging_on = gr.Checkbox(True, label="Log my runs", info="off: nothing from this browser is written")
+            logging_on = gr.Checkbox(True, label="Log my runs", info="on: each run is kept in your session, to open, "
+                                     "replay or share later; off: nothing from this browser is written")
         with gr.Row():
             kind = gr.Dropdown(KINDS, value="all", label="Kind")
             model = gr.Textbox(label="Model contains")
@@ -195,7 +209,8 @@ def build(store: Store, session: gr.State, tabs: gr.Tabs, visitor_key: gr.Browse
             since = gr.Textbox(label="Since (YYYY-MM-DD)")
             min_score = gr.Textbox(label="Score at least")
             cells = gr.Checkbox(False, label="Show sweep cells")
-        runs = gr.Dataframe(headers=RUN_COLUMNS, label="Runs (click one to open it)", interactive=False, wrap=True)
+        runs = gr.Dataframe(headers=RUN_COLUMNS, label="Runs, newest first (click one to open it)", interactive=False,
+                            wrap=True, elem_id="sessions-runs")
         with gr.Row():
             run_id = gr.Textbox(label="Run id", scale=3, elem_id="sessions-run-id")
             open_button = gr.Button("Open", elem_id="sessions-open")
