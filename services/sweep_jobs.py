@@ -132,7 +132,7 @@ def run_job(job: SweepJob, store: Store | None, progress: Progress = no_progress
         if store is not None:
             try:
                 store.set_sweep_status(job.sweep_id, job.status)
-                if completed:
+                if completed and cells:  # a finished sweep resumed again adds nothing
                     write_run(store, job.session_id, "sweep", job.config, loaded, {"sweep": spec.to_dict()},
                               sweep_summary(job.rows), None, task=spec.task, sweep_id=job.sweep_id,
                               score=sum(r["score"] for r in job.rows) / len(job.rows))

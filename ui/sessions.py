@@ -161,6 +161,11 @@ def do_import(store: Store, path, state):
     return gr.Dropdown(choices=session_choices(store, state), value=new_id), f"Imported as session `{new_id}`.", state
 
 
+def closed_run() -> list:
+    """The opened run's views emptied: run id, record, prompt, plots, replay, share link."""
+    return ["", None, "", *[gr.Plot(None, visible=False) for _ in range(PLOTS)], None, ""]
+
+
 def set_logging(on, state):
     return visitors.with_visitor(state) | {"log": bool(on)}
 
@@ -236,8 +241,10 @@ def build(store: Store, session: gr.State, tabs: gr.Tabs, visitor_key: gr.Browse
         message = gr.Textbox(show_label=False, interactive=False, elem_id="sessions-message")
 
     filters = [chosen, kind, model, task, since, min_score, cells, session]
+    opened = [run_id, run_json, prompt, *plots, replay_result, share_link]
     for control in filters[:-1]:
         control.change(partial(run_rows, store), filters, runs, api_name=False)
+        control.input(closed_run, None, opened, api_name=False)  # a new filter closes the opened run
     refresh.click(partial(list_sessions, store), session, chosen, api_name="list_sessions").then(
         partial(run_rows, store), filters, runs, api_name="list_runs")
     gr.on([open_button.click, run_id.submit], partial(open_run, store), [run_id, session],

@@ -99,6 +99,8 @@ def test_cli_sweep_prints_cells_and_resumes(tmp_path):
     again = subprocess.run([sys.executable, str(ROOT / "app.py"), "sweep", "--resume", out["sweep_id"], "--json"],
                            capture_output=True, text=True, timeout=600)
     assert json.loads(again.stdout)["cells"] == out["cells"]  # nothing left to run, the same grid
+    summaries = [r for r in Store().list_runs(kind="sweep") if r["sweep_id"] == out["sweep_id"]]
+    assert len(summaries) == 1  # and resuming a finished sweep added nothing
     bad = subprocess.run([sys.executable, str(ROOT / "app.py"), "sweep", "--resume", "nope"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "No sweep with id 'nope'" in bad.stderr
