@@ -36,6 +36,7 @@ from engines.probes.tasks import ProbeSpec, build_probe, get_task, load_tasks
 from engines.studies.conflicts import conflict_summary, run_conflicts
 from engines.studies.sift import benchmark_summary, query_of, run_benchmark, run_sift
 from engines.studies.sweeps import SweepSpec
+from services.cluster import RayWorkers
 from services.replay import replay
 from services.run_log import log_generation, log_probe, remember_upload, write_run
 from services.sweep_jobs import estimate, open_job, parse_list, run_job, sweep_summary
@@ -258,6 +259,16 @@ def cmd_sift(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    workers = RayWorkers(args.workers) if args.executor == "ray" and not args.estimate else None  # before any record
+    try:
+        return open_and_run_sweeps(args, workers)
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+def open_and_run_sweeps(args: argparse.Namespace, workers: RayWorkers | None) -> dict[str, Any]:
+    """Open the sweep (A, and B with --b) or the one to resume, then run it; or only estimate it."""
     if args.resume:
         store = _store()
         jobs = [open_job(store, "", resume_id=args.resume)]
@@ -275,9 +286,14 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         store, session_id = _run_log(args)
         jobs = [open_job(store, session_id, c, spec, upload_text=upload_text, label=f"{args.task} {name}")
                 for name, c in configs]
+    return sweep_results(args, jobs, store, workers)
+
+
+def sweep_results(args: argparse.Namespace, jobs: list, store: Store | None, workers: RayWorkers | None) -> dict:
+    """Run the jobs (A, and B when compared) and print each cell as it finishes unless --json."""
     results = []
     for job in jobs:
-        for row in run_job(job, store, first_use_progress):
+        for row in run_job(job, store, first_use_progress, workers):
             if not args.json:
                 print(f"[{len(job.rows)}/{job.total}] {row['key']} correct={row['correct']} "
                       f"score={row['score']:.3f}", file=sys.stderr)
@@ -287,7 +303,9 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
                                                        "answer", "expected")} for r in summary["cells"]],
                         "effective_length": summary["effective"]["effective_length"],
                         "threshold": summary["effective"], "u_curve": summary["u_curve"],
-                        "attention_path": attention_path(MANAGER.loaded.device if MANAGER.loaded else "cpu")})
+                        "executor": f"ray, {len(workers.actors)} workers" if workers else "process",
+                        "attention_path": None if workers else
+                        attention_path(MANAGER.loaded.device if MANAGER.loaded else "cpu")})
     return results[0] if len(results) == 1 else {"a": results[0], "b": results[1]}
 
 
@@ -448,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--b", action="append", default=[], metavar="KEY=VALUE",
                        help="run the same sweep again with this setting changed (A/B), e.g. --b dtype=fp32")
     sweep.add_argument("--resume", metavar="SWEEP_ID", help="continue an interrupted sweep")
+    sweep.add_argument("--executor", choices=("process", "ray"), default="process",
+                       help="run the cells in this process, or on Ray workers (RAY_ADDRESS, else a local cluster)")
+    sweep.add_argument("--workers", type=int, help="Ray workers (default: one per GPU, else 2 sharing the cores)")
     sweep.add_argument("--estimate", action="store_true", help="print the estimated time (model load included) "
                        "and run nothing")
     add_config_flags(sweep)

@@ -54,7 +54,7 @@ def remember_upload(store: Store | None, spec: ProbeSpec, upload_text: str | Non
     return dataclasses.replace(spec, params=spec.params | {"_upload_sha256": digest})
 
 
-def log_probe(store: Store | None, session_id: str, config: RunConfig, loaded: LoadedModel,
+def log_probe(store: Store | None, session_id: str, config: RunConfig, loaded: LoadedModel | dict,
               outcome: ProbeOutcome, kind: str = "probe", extra: dict | None = None, **columns) -> str | None:
     """Log a task probe: its spec (enough to rebuild the prompt), answer, score and timings."""
     summary = outcome.summary()
@@ -69,16 +69,18 @@ def log_probe(store: Store | None, session_id: str, config: RunConfig, loaded: L
                   seconds=summary.get("seconds"), **columns)
 
 
-def write_run(store: Store | None, session_id: str, kind: str, config: RunConfig, loaded: LoadedModel | None,
-           inputs: dict, outputs: dict, prompt: str | None, **columns) -> str | None:
-    """Write one run. A database that cannot be written raises StorageError with a sentence saying
+def write_run(store: Store | None, session_id: str, kind: str, config: RunConfig,
+              loaded: LoadedModel | dict | None, inputs: dict, outputs: dict, prompt: str | None,
+              **columns) -> str | None:
+    """Write one run. `loaded` is the model it ran on, or that model's provenance when it ran in another
+    process (a Ray worker). A database that cannot be written raises StorageError with a sentence saying
     what to change; the caller still has the result and shows it.
     """
     if store is None or not logging_enabled():
         return None
     try:
         return store.log_run(session_id, kind, config.to_dict(), inputs, outputs,
-                             loaded.provenance() if loaded else {},
+                             loaded if isinstance(loaded, dict) else loaded.provenance() if loaded else {},
                              prompt=prompt, **columns)
     except Exception as exc:  # SQLAlchemy raises many kinds for a locked or read-only file
         log.warning("run not logged in %s: %s", store.url, exc)

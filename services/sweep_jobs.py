@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,6 +18,7 @@ from engines.probes.haystack import HaystackError
 from engines.probes.runner import max_prompt_tokens, run_probe
 from engines.studies.sweep_stats import by_depth, by_length, effective_length, u_curve_indices
 from engines.studies.sweeps import (
+    CellResult,
     SweepSpec,
     build_cells,
     calibrate,
@@ -25,6 +27,7 @@ from engines.studies.sweeps import (
     estimate_seconds,
     run_sweep,
 )
+from services.cluster import RayWorkers
 from services.run_log import log_probe, write_run
 from storage.db import StorageError, Store, logging_enabled, new_id
 
@@ -102,38 +105,49 @@ def estimate(job: SweepJob, progress: Progress = no_progress) -> dict:
     return estimate_seconds(speed, spans, new_tokens) | {"cells": len(cells), "new_tokens_per_cell": new_tokens}
 
 
-def run_job(job: SweepJob, store: Store | None, progress: Progress = no_progress) -> Iterator[dict]:
-    """Run the job's remaining cells, saving each as it finishes; yields each finished cell's row.
+def local_results(job: SweepJob, progress: Progress = no_progress) -> Iterator[tuple[CellResult, dict]]:
+    """The job's remaining cells run in this process, with prefix sharing across all of them."""
+    loaded, cells = prepare(job, progress)
+    provenance = loaded.provenance()
+    for result in MANAGER.stream(job.config.model, lambda model, stop: run_sweep(model, job.spec, cells, stop, job.config)):
+        yield result, provenance
+
+
+def run_job(job: SweepJob, store: Store | None, progress: Progress = no_progress,
+            workers: RayWorkers | None = None) -> Iterator[dict]:
+    """Run the job's remaining cells (here, or on Ray `workers`), saving each as it finishes; yields each
+    finished cell's row.
 
     Closing the iterator cancels the job before its next step and marks the sweep cancelled.
     """
-    loaded, cells = prepare(job, progress)
     spec = job.spec
     stored = {row["key"] for row in job.rows}
-    completed = False
+    completed, provenance = False, None  # provenance: of the weights the cells ran on, once one has
     if job.warning or not logging_enabled():
         store = None
+    results = workers.run(job) if workers else local_results(job, progress)
     try:
-        for result in MANAGER.stream(job.config.model, lambda model, stop: run_sweep(
-                model, spec, cells, stop, job.config)):
-            row = result.row()
-            if row["key"] in stored:  # never twice, even if a resumed job overlaps
-                continue
-            try:
-                log_probe(store, job.session_id, job.config, loaded, result.outcome, kind="sweep_cell",
-                          extra={"row": row}, sweep_id=job.sweep_id, cell=row["key"])
-            except StorageError as exc:
-                job.warning, store = unsaved(exc.__cause__ or exc), None
-            job.rows.append(row)
-            yield row
+        with closing(results):
+            for result, provenance in results:
+                row = result.row()
+                if row["key"] in stored:  # never twice, even if a resumed job overlaps
+                    continue
+                try:
+                    log_probe(store, job.session_id, job.config, provenance, result.outcome, kind="sweep_cell",
+                              extra={"row": row}, sweep_id=job.sweep_id, cell=row["key"])
+                except StorageError as exc:
+                    job.warning, store = unsaved(exc.__cause__ or exc), None
+                stored.add(row["key"])
+                job.rows.append(row)
+                yield row
         completed = len(job.rows) == job.total
     finally:
         job.status = "done" if completed else "cancelled"
         if store is not None:
             try:
                 store.set_sweep_status(job.sweep_id, job.status)
-                if completed and cells:  # a finished sweep resumed again adds nothing
-                    write_run(store, job.session_id, "sweep", job.config, loaded, {"sweep": spec.to_dict()},
+                if completed and provenance is not None:  # a finished sweep resumed again adds nothing
+                    write_run(store, job.session_id, "sweep", job.config, provenance, {"sweep": spec.to_dict()},
                               sweep_summary(job.rows), None, task=spec.task, sweep_id=job.sweep_id,
                               score=sum(r["score"] for r in job.rows) / len(job.rows))
             except (SQLAlchemyError, StorageError) as exc:

@@ -21,6 +21,7 @@ from engines.probes.runner import SCORE_MODES, run_probe
 from engines.probes.tasks import load_tasks
 from engines.studies.sweeps import DEPTH_SPACINGS, SweepSpec, check_cells, depth_grid
 from services import visitors
+from services.cluster import cluster_offered, shared_workers
 from services.replay import stored_probe
 from services.run_log import session_for
 from services.sweep_jobs import SweepJob, estimate, open_job, parse_list, run_job
@@ -30,6 +31,7 @@ from ui.haystack import PRESET_HAYSTACK, builder_settings
 from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
 from ui.text import Refusal
 
+IN_PROCESS, RAY = "this process", "Ray cluster"
 TABLE_COLUMNS = ["length", "depth", "seed", "correct", "score", "answer", "prompt_tokens", "key"]
 
 
@@ -122,8 +124,8 @@ class SweepTab:
     store: Store | None
 
 
-def stream(tab: SweepTab, jobs: list[SweepJob], log_to: Store | None, limit, progress: gr.Progress):
-    """Run the jobs cell by cell, redrawing the table and plots after each cell."""
+def stream(tab: SweepTab, jobs: list[SweepJob], log_to: Store | None, limit, executor: str, progress: gr.Progress):
+    """Run the jobs cell by cell (here, or on the Ray workers), redrawing the table and plots after each cell."""
     value = "correct" if jobs[0].spec.mode == "generate" else "score"
     limit = limit or None  # 0 or empty: the relative rule
     started, done_now = time.perf_counter(), 0
@@ -134,8 +136,9 @@ def stream(tab: SweepTab, jobs: list[SweepJob], log_to: Store | None, limit, pro
                 **{tab.figures[k]: fig for k, fig in plots(jobs, value, limit).items()}}
 
     try:
+        workers = shared_workers() if executor == RAY else None
         for job in jobs:
-            for _ in run_job(job, log_to):
+            for _ in run_job(job, log_to, workers=workers):
                 done_now += 1
                 progress((sum(len(j.rows) for j in jobs), total), desc="cells")
                 yield shown()
@@ -179,17 +182,17 @@ def estimate_time(task, lengths, depth_count, spacing, seeds, mode, haystack, pa
 
 
 def run(tab: SweepTab, task, lengths, depth_count, spacing, seeds, mode, haystack, params, needle_attention, upload,
-        compare, b_model, b_quant, b_dtype, b_template, b_decoding, state, threshold, *values,
+        compare, b_model, b_quant, b_dtype, b_template, b_decoding, state, threshold, executor, *values,
         progress=gr.Progress()):
     """Open the sweep (A, and B when compared) in the run log and run it."""
     grid = Grid(task, lengths, depth_count, spacing, seeds, mode, haystack, params, needle_attention, upload,
                 compare, b_model, b_quant, b_dtype, b_template, b_decoding)
     state, log_to, jobs = make_jobs(tab.store, grid, state, values)
     yield {tab.session: state, tab.status: status_line(jobs, time.perf_counter(), 0, None)}
-    yield from stream(tab, jobs, log_to, threshold, progress)
+    yield from stream(tab, jobs, log_to, threshold, executor, progress)
 
 
-def resume(tab: SweepTab, sweep_id, threshold, state, progress=gr.Progress()):
+def resume(tab: SweepTab, sweep_id, threshold, executor, state, progress=gr.Progress()):
     """Continue one of this visitor's stopped sweeps from its saved cells."""
     try:
         if tab.store is None:
@@ -198,7 +201,7 @@ def resume(tab: SweepTab, sweep_id, threshold, state, progress=gr.Progress()):
         job = open_job(tab.store, "", resume_id=(sweep_id or "").strip())
     except LabError as exc:
         raise Refusal(str(exc)) from exc
-    yield from stream(tab, [job], tab.store, threshold, progress)
+    yield from stream(tab, [job], tab.store, threshold, executor, progress)
 
 
 def show_cell(store: Store | None, ids, rows, evt: gr.SelectData):
@@ -264,6 +267,8 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
             cancel = gr.Button("Cancel", variant="stop")
             resume_id = gr.Textbox(label="Sweep id to resume", scale=2)
             resume_button = gr.Button("Resume")
+            executor = gr.Radio([IN_PROCESS, RAY], value=RAY if cluster_offered() else IN_PROCESS, label="Run on",
+                                visible=cluster_offered(), info="Ray: the cells go to the cluster's workers")
         status = gr.Markdown("Set a grid and press **Estimate time** or **Run sweep**.")
         with gr.Row():
             heat_a = gr.Plot(label="Heatmap A", elem_id="sweep-heatmap")
@@ -292,10 +297,10 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                    config.status]
     estimate_button.click(estimate_time, [*grid_inputs, *config.all()], status, api_name="sweep_estimate",
                           concurrency_id="model")
-    event = run_button.click(partial(run, tab), [*grid_inputs, threshold, *config.all()], all_outputs,
+    event = run_button.click(partial(run, tab), [*grid_inputs, threshold, executor, *config.all()], all_outputs,
                              api_name="sweep_run", concurrency_id="model")
-    resumed = resume_button.click(partial(resume, tab), [resume_id, threshold, session], all_outputs, api_name="sweep_resume",
-                                  concurrency_id="model")
+    resumed = resume_button.click(partial(resume, tab), [resume_id, threshold, executor, session], all_outputs,
+                                  api_name="sweep_resume", concurrency_id="model")
     cancel.click(None, cancels=[event, resumed], api_name=False)
 
     def on_pick(ids, rows, evt: gr.SelectData):  # gradio finds the event data by this annotation

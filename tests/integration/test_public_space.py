@@ -117,7 +117,7 @@ def test_every_cap_is_refused_on_its_count_with_memory_flat(space):
 
     def sweep(endpoint, lengths="1000", depth_count=5, seeds="1"):
         grid = ["passkey", lengths, depth_count, "linear", seeds, "generate", PRESET_HAYSTACK, "{}", False, None,
-                False, "", "none", "auto", True, ""] + ([0] if endpoint == "sweep_run" else [])
+                False, "", "none", "auto", True, ""] + ([0, "this process"] if endpoint == "sweep_run" else [])
         return client.predict(*grid, *CONFIG, api_name=f"/{endpoint}")
 
     absurd = [

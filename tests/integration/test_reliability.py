@@ -162,6 +162,7 @@ def test_a_read_only_run_log_in_the_ui_still_shows_every_answer(private_data_dir
                                "greedy", api_name="/haystack_run")[4]
         assert score["correct"] is not None and score["run_id"] is None and "could not be saved" in score["not_saved"]
         status, cells, *_ = client.predict("passkey", "400", 2, "linear", "1", "generate", "preset", "{}", False,
-                                           None, False, "", "none", "auto", True, "", 0, *CONFIG[1:], "greedy",
+                                           None, False, "", "none", "auto", True, "", 0, "this process", *CONFIG[1:],
+                                           "greedy",
                                            api_name="/sweep_run")
         assert "2/2 cells" in status and "not saved" in status and len(cells["data"]) == 2

@@ -127,15 +127,15 @@ def test_sweep_tab_through_gradio_client(served_app):
             "smollm2-135m-instruct", "none", "fp32", True, ""]
     estimate = client.predict(*grid, *config, api_name="/sweep_estimate")
     assert "4 cells" in estimate
-    status, table = client.predict(*grid, 0, *config, api_name="/sweep_run")[:2]
+    status, table = client.predict(*grid, 0, "this process", *config, api_name="/sweep_run")[:2]
     assert "4/4 cells" in status
     assert len(table["data"]) == 4 and all(row[3] for row in table["data"])
     with_attention = grid[:1] + ["400"] + grid[2:8] + [True] + grid[9:]
     a_b = grid[:1] + ["400"] + grid[2:10] + [True, "smollm2-135m-instruct", "none", "auto", True, "cad:alpha=1"]
-    client.predict(*a_b, 0, *config, api_name="/sweep_run")
+    client.predict(*a_b, 0, "this process", *config, api_name="/sweep_run")
     b_sweeps = [s for s in store.list_runs(kind="sweep") if s["config"]["decoding"]["method"] == "cad"]
     assert b_sweeps and b_sweeps[0]["outputs"]["cells"]  # B ran under context-aware decoding
-    outputs = client.predict(*with_attention, 0, *config, api_name="/sweep_run")
+    outputs = client.predict(*with_attention, 0, "this process", *config, api_name="/sweep_run")
     assert "2/2 cells" in outputs[0] and outputs[7] is not None  # the needle-mass heatmap
     cell = store.list_runs(kind="sweep_cell")[0]
     profile, mass = client.predict({"run_id": cell["id"]}, api_name="/sweep_cell_attention")
