@@ -19,7 +19,18 @@ def build_ui(store):
     """Assemble the tabs around the shared configuration panel."""
     import gradio as gr
 
-    from ui import admission, context_tab, decoding_tab, haystack, model_panel, probe, sessions, sift_tab, sweep
+    from ui import (
+        admission,
+        benchmark_tab,
+        context_tab,
+        decoding_tab,
+        haystack,
+        model_panel,
+        probe,
+        sessions,
+        sift_tab,
+        sweep,
+    )
 
     with gr.Blocks(title="Context Lab") as demo:
         gr.Markdown("# Context Lab\nSee and measure how language models use, and fail to use, their context.",
@@ -36,6 +47,7 @@ def build_ui(store):
             probe.build(config, store, session)
             haystack.build(config, store, session)
             sweep.build(config, store, session)
+            benchmark_tab.build(config, store, session)
             context_tab.build(config)
             decoding_tab.build(config, store, session)
             sift_tab.build(config, store, session)

@@ -17,6 +17,7 @@ from engines.attention.function import AttentionCapture, attention_path
 from engines.attention.views import context_profile, question_positions, stacked
 from engines.config.errors import LabError
 from engines.config.kinds import FAMILIES, catalogue, entries
+from engines.config.policy import limits
 from engines.config.specs import (
     DTYPES,
     QUANT_4BIT_TYPES,
@@ -29,17 +30,19 @@ from engines.config.specs import (
     SpecError,
 )
 from engines.decoding.generation import encode, format_prompt
-from engines.model.loading import MANAGER, console_progress
+from engines.model.loading import MANAGER, console_progress, resolve_source
+from engines.probes.benchmarks import UNAVAILABLE
 from engines.probes.haystack import read_upload
 from engines.probes.runner import SCORE_MODES, check_prompt_length, max_prompt_tokens, run_free, run_probe
 from engines.probes.tasks import ProbeSpec, build_probe, get_task, load_tasks
+from engines.studies.benchmark import benchmark_table, table_csv
 from engines.studies.conflicts import conflict_summary, run_conflicts
 from engines.studies.sift import benchmark_summary, query_of, run_benchmark, run_sift
 from engines.studies.sweeps import SweepSpec
 from services.cluster import RayWorkers
 from services.replay import replay
 from services.run_log import log_generation, log_probe, remember_upload, write_run
-from services.sweep_jobs import estimate, open_job, parse_list, run_job, sweep_summary
+from services.sweep_jobs import benchmark_jobs, estimate, open_job, parse_list, run_job, sweep_summary
 from storage.db import StorageError, Store, logging_enabled
 from storage.transfer import export_session, import_session
 
@@ -379,9 +382,45 @@ def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_tasks(args: argparse.Namespace) -> dict[str, Any]:
     return {"tasks": [{"name": t.name, "description": t.description, "haystack": t.haystack,
-                       "scorer": t.scorer, "max_new_tokens": t.max_new_tokens, "params": t.params}
-                      for t in load_tasks().values()],
+                       "scorer": t.scorer, "max_new_tokens": t.max_new_tokens, "params": t.params,
+                       "differs": t.differs} for t in load_tasks().values()],
+            "unavailable": [{"name": name, "reason": reason} for name, reason in UNAVAILABLE.items()],
             "haystacks": list(entries("source")), "scorers": list(entries("scorer")), "score_modes": list(SCORE_MODES)}
+
+
+def cmd_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Sweeps over the given tasks and lengths, reported as RULER reports them (a table and its CSV)."""
+    tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
+    lengths = parse_list(args.lengths, int, "--lengths")
+    config = config_from_args(args, default_new_tokens=32)
+    store, session_id = _run_log(args)
+    jobs = benchmark_jobs(store, session_id, config, tasks, lengths, args.samples)
+    for job in jobs:
+        for row in run_job(job, store, first_use_progress):
+            if not args.json and not args.csv:
+                print(f"{job.spec.task} [{len(job.rows)}/{job.total}] {row['key']} score={row['score']:.3f}",
+                      file=sys.stderr)
+    table = benchmark_table({job.spec.task: job.rows for job in jobs})
+    return table | {"scores": {task: {str(n): v for n, v in by_length.items()} for task, by_length in table["scores"].items()},
+                    "average": {str(n): v for n, v in table["average"].items()},
+                    "sweep_ids": {job.spec.task: job.sweep_id for job in jobs}, "csv": table_csv(table)}
+
+
+BUILD_MAX_TOKENS = 2**20  # build runs no model: the cap is on the text alone
+
+
+def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
+    """A task's prompt and gold answer as the model's tokenizer counts them, with no model run."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_source(args.model, first_use_progress)))
+    spec = ProbeSpec(args.task, args.length, args.depth, args.seed, args.haystack, parse_params(args.param))
+    instance = build_probe(tokenizer, spec, not args.no_chat_template, max_tokens=limits().prompt_tokens or BUILD_MAX_TOKENS)
+    return {"task": instance.task, "length": spec.length, "depth": spec.depth, "seed": spec.seed,
+            "prompt": instance.prompt, "expected": list(instance.expected), "spans": list(instance.spans),
+            "prompt_tokens": instance.prompt_tokens, "max_new_tokens": instance.max_new_tokens,
+            "question": instance.question, "answer_prefix": instance.answer_prefix, "scorer": instance.scorer,
+            "differs": get_task(args.task).differs}
 
 
 def cmd_kinds(args: argparse.Namespace) -> dict[str, Any]:
@@ -405,7 +444,9 @@ def kinds_text(listing: dict[str, list[dict]]) -> str:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "probe": cmd_probe, "decode": cmd_decode, "sift": cmd_sift, "sweep": cmd_sweep, "tasks": cmd_tasks,
+    "probe": cmd_probe, "decode": cmd_decode, "sift": cmd_sift, "sweep": cmd_sweep, "benchmark": cmd_benchmark,
+    "build": cmd_build,
+    "tasks": cmd_tasks,
     "kinds": cmd_kinds, "sessions": cmd_sessions, "replay": cmd_replay,
     "export": cmd_export, "import": cmd_import}
 
@@ -486,6 +527,23 @@ def build_parser() -> argparse.ArgumentParser:
     import_parser = commands.add_parser("import", help="import a session file (validated; all or nothing)")
     import_parser.add_argument("file")
     import_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    benchmark = commands.add_parser("benchmark", help="run tasks over lengths and print a RULER-style table")
+    benchmark.add_argument("--tasks", required=True, help="comma-separated task presets, e.g. ruler.niah_single_1,ruler.vt")
+    benchmark.add_argument("--lengths", default="4096,8192", help="comma-separated lengths in tokens")
+    benchmark.add_argument("--samples", type=int, default=5, help="samples (seeds) per task and length")
+    benchmark.add_argument("--csv", action="store_true", help="print the table as CSV only")
+    add_config_flags(benchmark)
+    add_method_flag(benchmark)
+    build = commands.add_parser("build", help="build a task's prompt and gold answer without running a model")
+    build.add_argument("--task", required=True, help="a task preset (python app.py tasks lists them)")
+    build.add_argument("--length", type=int, required=True, help="prompt length in the model's tokens")
+    build.add_argument("--depth", type=float, default=50.0, help="needle depth in percent (lab presets)")
+    build.add_argument("--seed", type=int, default=1)
+    build.add_argument("--haystack", help="override the task's haystack source (lab presets)")
+    build.add_argument("--param", action="append", default=[], help="builder setting key=value (repeatable)")
+    build.add_argument("--model", default=ModelSpec.model, help="whose tokenizer counts the tokens")
+    build.add_argument("--no-chat-template", action="store_true", help="the raw text, without the chat template")
+    build.add_argument("--json", action="store_true", help="print one JSON object")
     tasks = commands.add_parser("tasks", help="list the task presets, haystacks and scorers")
     tasks.add_argument("--json", action="store_true", help="print one JSON object")
     kinds = commands.add_parser("kinds", help="list every RoPE kind, mask kind, decoding method, task, haystack "
@@ -506,6 +564,8 @@ def run(argv: list[str]) -> int:
         return _fail(str(exc))
     if args.json:
         print(json.dumps(output, ensure_ascii=False))
+    elif args.command == "benchmark" and args.csv:
+        print(output["csv"], end="")
     elif args.command == "kinds":
         print(kinds_text(output))
     else:

@@ -5,6 +5,7 @@ record; resuming runs only the cells not stored yet. At the end a `sweep` summar
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import closing
@@ -16,6 +17,7 @@ from engines.config.specs import RunConfig
 from engines.model.loading import MANAGER, Progress, no_progress
 from engines.probes.haystack import HaystackError
 from engines.probes.runner import max_prompt_tokens, run_probe
+from engines.probes.tasks import get_task
 from engines.studies.sweep_stats import by_depth, by_length, effective_length, u_curve_indices
 from engines.studies.sweeps import (
     CellResult,
@@ -72,6 +74,20 @@ def open_job(store: Store | None, session_id: str, config: RunConfig | None = No
     except SQLAlchemyError as exc:  # the sweep still runs and shows its cells
         return SweepJob(new_id(), session_id, spec, config, [], upload_text, warning=unsaved(exc))
     return SweepJob(sweep_id, session_id, spec, config, [], upload_text)
+
+
+def benchmark_jobs(store: Store | None, session_id: str, config: RunConfig, tasks: list[str], lengths: tuple[int, ...],
+                   samples: int) -> list[SweepJob]:
+    """One sweep per task for a benchmark table: its lengths x `samples` seeds (a faithful task draws its
+    depths from the seed), each at the task's own new-token budget. Refused on the counts first."""
+    if not tasks:
+        raise HaystackError("Choose at least one task for the benchmark.")
+    if samples < 1:
+        raise HaystackError("Give at least one sample per task and length.")
+    check_cells(len(tasks) * len(lengths) * samples, f"{len(tasks)} tasks x {len(lengths)} lengths x {samples} samples")
+    return [open_job(store, session_id, dataclasses.replace(config, max_new_tokens=get_task(task).max_new_tokens),
+                     SweepSpec(task, lengths, (50.0,), tuple(range(1, samples + 1))), label=f"benchmark {task}")
+            for task in tasks]
 
 
 def unsaved(exc: Exception) -> str:

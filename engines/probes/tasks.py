@@ -9,13 +9,15 @@ import dataclasses
 import json
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar
 
 from engines.config.kinds import Kind, Setting, entries, lookup, register
 from engines.decoding.generation import format_prompt
+from engines.probes.benchmarks import DIRECT, SIZED, settings_of
+from engines.probes.benchmarks.ruler import Sample, cwe_vocabulary
 from engines.probes.haystack import (
     ASSETS,
     HaystackError,
@@ -29,6 +31,7 @@ from engines.probes.haystack import (
     render,
     source,
 )
+from engines.probes.reference_data import english_words
 
 LENGTH_TOLERANCE = 0.01
 
@@ -46,11 +49,12 @@ class TaskSpec(Kind):
     description: str = field()
     max_new_tokens: int = 32
     params: dict = field(default_factory=dict)
+    differs: str = ""  # how a lab preset differs from its benchmark-faithful twin, or what a faithful one changes
 
     @property
     def settings(self) -> tuple[Setting, ...]:
-        return tuple(dataclasses.replace(s, default=self.params.get(s.name, s.default))
-                     for s in BUILDERS[self.builder][1])
+        declared = BUILDERS[self.builder][1] if self.builder in BUILDERS else settings_of(self.builder)
+        return tuple(dataclasses.replace(s, default=self.params.get(s.name, s.default)) for s in declared)
 
 
 @dataclass(frozen=True)
@@ -221,25 +225,40 @@ def build_variable_tracking(rng: random.Random, params: dict, depth: float, leng
 
 
 def build_common_words(rng: random.Random, params: dict, depth: float, length: int) -> Plan:
-    """RULER cwe: a numbered word list; the common words appear often, the others a few times."""
-    vocabulary = list(key_words())
-    rng.shuffle(vocabulary)
+    """RULER-style cwe: a numbered word list; the common words appear more often than any other word at
+    every length (each other word is a distinct word, listed freq_uncommon times)."""
     num_common = int(params.get("num_common", 10))
-    common, uncommon = vocabulary[:num_common], vocabulary[num_common:]
     freq_common, freq_uncommon = int(params.get("freq_common", 30)), int(params.get("freq_uncommon", 3))
+    words = distinct_words(rng.random())
+    common = [next(words) for _ in range(num_common)]
+    others: list[str] = []
     order_seed = rng.random()
-    # a list of `length` tokens has about length/4 lines; short lists repeat the common words less
-    scale = max(2, min(freq_common, length // (4 * 4 * num_common)))
+    # a list of `length` tokens has about length/4 lines; short lists repeat the common words less,
+    # but always more often than the other words
+    scale = max(freq_uncommon + 1, min(freq_common, length // (4 * 4 * num_common)))
 
-    def word_list(size: int) -> str:  # size = number of uncommon-word lines
-        words = common * scale + [uncommon[(i // freq_uncommon) % len(uncommon)] for i in range(size)]
-        random.Random(order_seed).shuffle(words)
-        return "\n".join(f"{i + 1}. {w}" for i, w in enumerate(words))
+    def word_list(size: int) -> str:  # size = number of other-word lines
+        while len(others) * freq_uncommon < size:
+            others.append(next(words))
+        listed = common * scale + [others[i // freq_uncommon] for i in range(size)]
+        random.Random(order_seed).shuffle(listed)
+        return "\n".join(f"{i + 1}. {w}" for i, w in enumerate(listed))
 
     return Plan([], f"What are the {num_common} most common words in the list above? "
                     "Answer with the words only, separated by commas.", tuple(common),
                 logprob_target=" " + ", ".join(common), logprob_lead=f"The {num_common} most common words are",
                 sized_context=word_list)
+
+
+def distinct_words(seed: float) -> Iterator[str]:
+    """Single words never repeated: wonderwords' lists in a seeded order, then english-words' web2 list."""
+    pool = [w for w in cwe_vocabulary() if w.isalpha() and w.islower()]
+    random.Random(seed).shuffle(pool)
+    yield from pool
+    seen = set(pool)
+    more = [w for w in english_words() if w not in seen]
+    random.Random(seed).shuffle(more)
+    yield from more
 
 
 def build_kv_retrieval(rng: random.Random, params: dict, depth: float, length: int) -> Plan:
@@ -380,7 +399,7 @@ BUILDERS: dict[str, tuple[Callable[[random.Random, dict, float, int], Plan], tup
 
 def _register_presets() -> None:
     for preset in json.loads((ASSETS / "tasks.json").read_text())["tasks"]:
-        if preset["builder"] not in BUILDERS:
+        if preset["builder"] not in {*BUILDERS, *SIZED, *DIRECT}:
             raise ValueError(f"Task '{preset['name']}' names an unknown builder; fix assets/tasks.json.")
         register(TaskSpec(**preset))
 
@@ -437,6 +456,8 @@ def build_probe(tokenizer, spec: ProbeSpec, chat_template: bool = True, upload_t
         raise HaystackError(f"Length {spec.length} tokens is beyond what this model and memory allow here "
                             f"(at most {max_tokens}); choose a smaller length.")
     lookup("scorer", task.scorer)
+    if task.builder in SIZED or task.builder in DIRECT:
+        return build_reference(tokenizer, spec, task, chat_template)
     plan = BUILDERS[task.builder][0](random.Random(f"needles-{spec.seed}"), task.defaults() | task.typed(spec.params),
                                      float(spec.depth), spec.length)
     haystack_name = spec.haystack or task.haystack
@@ -470,6 +491,73 @@ def build_probe(tokenizer, spec: ProbeSpec, chat_template: bool = True, upload_t
     return ProbeInstance(spec, task.name, prompt, plan.question, plan.answer_prefix, plan.expected, task.scorer,
                          token_spans, prompt_tokens, len(prompt), task.max_new_tokens, plan.logprob_target,
                          plan.logprob_lead, src.name)
+
+
+def reference_prompt(tokenizer, sample: Sample, chat_template: bool) -> str:
+    """A benchmark's prompt: its messages (or its task text as the one user turn) in the model's chat
+    template, then its answer prefix, as RULER runs chat models; without a chat template, the texts joined
+    by blank lines and the prefix (RULER's "base" template)."""
+    messages = sample.messages or ({"role": "user", "content": sample.user},)
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False) \
+            + sample.answer_prefix
+    return "\n\n".join(m["content"] for m in messages) + sample.answer_prefix
+
+
+def build_reference(tokenizer, spec: ProbeSpec, task: TaskSpec, chat_template: bool) -> ProbeInstance:
+    """A benchmark-faithful task, fitted to spec.length by the benchmark's own length accounting (RULER:
+    the largest sample whose prompt plus the new tokens fits; the NIAH test: its context cut to L tokens)."""
+    if spec.haystack:
+        raise HaystackError(f"'{task.name}' keeps its benchmark's own haystack; to choose another, use the "
+                            "lab's own preset of the same task.")
+    params = task.defaults() | task.typed(spec.params)
+    if task.builder in DIRECT:
+        make, _, length_caps = DIRECT[task.builder]
+        instance = reference_instance(tokenizer, spec, task, make(tokenizer, spec.length, float(spec.depth), spec.seed,
+                                                                   params), task.builder, chat_template)
+        if length_caps and instance.prompt_tokens + task.max_new_tokens > spec.length:
+            raise HaystackError(f"'{task.name}' has a fixed size: its prompt takes {instance.prompt_tokens} tokens and "
+                                f"{task.max_new_tokens} new tokens; choose a length of at least "
+                                f"{instance.prompt_tokens + task.max_new_tokens}, or a smaller size setting.")
+        return instance
+    generate, _, unit, smallest = SIZED[task.builder]
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    def fits(size: int) -> bool:
+        sample = generate(spec.seed, params, size, spec.length, count_tokens)
+        return count_tokens(reference_prompt(tokenizer, sample, chat_template)) + task.max_new_tokens <= spec.length
+
+    if not fits(smallest):
+        least = count_tokens(reference_prompt(tokenizer, generate(spec.seed, params, smallest, spec.length, count_tokens),
+                                              chat_template)) + task.max_new_tokens
+        raise HaystackError(f"Length {spec.length} is too short for '{task.name}': its template, smallest haystack "
+                            f"and {task.max_new_tokens} new tokens take {least}. Choose at least {least}.")
+    low, high = smallest, smallest * 2
+    while fits(high):
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return reference_instance(tokenizer, spec, task, generate(spec.seed, params, low, spec.length, count_tokens),
+                              f"{low} {unit}", chat_template)
+
+
+def reference_instance(tokenizer, spec: ProbeSpec, task: TaskSpec, sample: Sample, size: str,
+                       chat_template: bool = True) -> ProbeInstance:
+    """The built probe of a benchmark sample, with its haystack, needles and distractors located."""
+    prompt = reference_prompt(tokenizer, sample, chat_template)
+    start = prompt.find(sample.user)
+    spans = [Span("haystack", size, start, start + len(sample.user))]
+    for kind, texts in (("needle", sample.needles), ("distractor", sample.distractors)):
+        for text in texts:
+            at = prompt.find(text, start)
+            spans += [Span(kind, kind, at, at + len(text))] if at >= 0 else []
+    prompt_tokens, token_spans = _token_spans(tokenizer, prompt, spans)
+    return ProbeInstance(spec, task.name, prompt, sample.question or sample.user.rsplit("\n", 1)[-1],
+                         sample.answer_prefix, sample.outputs, task.scorer, token_spans, prompt_tokens, len(prompt),
+                         task.max_new_tokens, " " + ", ".join(sample.outputs), "", task.haystack)
 
 
 def _fine_tune(measure: Callable[[int], int], units: _Units, size: int, target: int) -> None:

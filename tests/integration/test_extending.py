@@ -143,6 +143,28 @@ def test_a_source_a_scorer_and_a_task_preset(embedded, registry):
             build_parser().parse_args(["kinds", "--family", family]))[family]}
 
 
+def test_a_benchmark_faithful_task(embedded, registry, monkeypatch):
+    from engines.probes import benchmarks
+    from engines.probes.benchmarks.ruler import Sample
+
+    def countdown(seed, settings, size, length, count_tokens):
+        """A toy benchmark: numbers counted down from `size`, one missing; the answer is the missing one."""
+        missing = 1 + seed % max(size, 1)
+        listed = " ".join(str(n) for n in range(size, 0, -1) if n != missing)
+        return Sample(f"Which number is missing?\n{listed}\nQuestion: which number from {size} down to 1 is missing?",
+                      " Answer: the missing number is", (str(missing),))
+
+    monkeypatch.setitem(benchmarks.SIZED, "toy_countdown", (countdown, (), "numbers", 2))
+    register(TaskSpec(name="toy.countdown", builder="toy_countdown", haystack="noise", scorer="first_number",
+                      description="a countdown with a gap", max_new_tokens=6, differs="a toy"))
+    instance = build_probe(embedded.tokenizer, ProbeSpec("toy.countdown", 300, 50, 7))
+    counted = len(embedded.tokenizer(instance.prompt, add_special_tokens=False).input_ids)
+    assert counted == instance.prompt_tokens and 300 - 12 <= counted + 6 <= 300  # the largest size that fits
+    size = int(instance.prompt.split("from ")[-1].split(" down")[0])
+    assert instance.expected == (str(1 + 7 % size),) and instance.prompt.endswith(" Answer: the missing number is")
+    assert isinstance(last(run_probe(embedded, instance)).score.correct, bool)
+
+
 def test_registry_is_restored_between_tests():
     assert "runner_up" not in entries("decoding") and "even_keys" not in entries("mask")
     with pytest.raises(SpecError, match="Unknown decoding method 'runner_up'. Available: greedy"):

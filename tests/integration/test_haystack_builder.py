@@ -10,13 +10,19 @@ from engines.probes.haystack import HaystackError, prose_sentences, read_upload
 from engines.probes.tasks import ProbeSpec, build_probe, load_tasks
 
 TASKS = list(load_tasks())
+LAB_TASKS = [name for name in TASKS if "." not in name]  # the benchmark-faithful ones are sized their own way
+
+
+def at_least(task: str, length: int) -> int:
+    """`length`, or more for a task of fixed size (litm.kv's 75 pairs take about 5,500 tokens)."""
+    return max(length, 6000) if task == "litm.kv" else length
 
 
 def tokens(tokenizer, text):
     return len(tokenizer(text, add_special_tokens=False).input_ids)
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", LAB_TASKS)
 @pytest.mark.parametrize("length", [1000, 2000, 4000])
 def test_prompt_is_within_one_percent_of_the_target(tokenizer, task, length):
     for seed in (1, 2):
@@ -29,15 +35,17 @@ def test_prompt_is_within_one_percent_of_the_target(tokenizer, task, length):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_builders_are_deterministic_per_seed(tokenizer, task):
-    first, again = (build_probe(tokenizer, ProbeSpec(task, 1500, 30, 5)) for _ in range(2))
-    other = build_probe(tokenizer, ProbeSpec(task, 1500, 30, 6))
+    first, again = (build_probe(tokenizer, ProbeSpec(task, at_least(task, 1500), 30, 5)) for _ in range(2))
+    other = build_probe(tokenizer, ProbeSpec(task, at_least(task, 1500), 30, 6))
     assert first.prompt == again.prompt and first.expected == again.expected and first.spans == again.spans
-    assert other.prompt != first.prompt
+    # the NIAH test and Counting-Stars have no randomness: their seeds change nothing
+    assert (other.prompt != first.prompt) != task.startswith(("kamradt.", "counting_stars.en"))
 
 
-@pytest.mark.parametrize("task", [t for t, spec in load_tasks().items() if spec.builder != "cwe"])
+@pytest.mark.parametrize("task", [t for t, spec in load_tasks().items()  # answers written as they are listed
+                                  if spec.builder != "cwe" and spec.scorer != "counting_stars_reasoning"])
 def test_every_expected_answer_is_in_the_prompt(tokenizer, task):
-    probe = build_probe(tokenizer, ProbeSpec(task, 1200, 60, 3))
+    probe = build_probe(tokenizer, ProbeSpec(task, at_least(task, 1200), 60, 3))
     for answer in probe.expected:
         assert answer.lower() in probe.prompt.lower(), (task, answer)
     for span in probe.spans:
@@ -183,7 +191,8 @@ def test_oversize_upload_is_refused(tmp_path):
 def test_question_rows_are_exactly_the_question(tokenizer, task, chat_template):
     """The rows captured as "the question" decode to the question itself, for every preset (litm_qa's
     answer prefix included) and with the chat template on or off: no template token, no word lost."""
-    instance = build_probe(tokenizer, ProbeSpec(task, 600 if task != "cwe" else 900, 50, 1), chat_template)
+    length = at_least(task, 1500) if "." in task else 900 if task == "cwe" else 600
+    instance = build_probe(tokenizer, ProbeSpec(task, length, 50, 1), chat_template)
     ids = tokenizer(instance.prompt, add_special_tokens=False).input_ids
     rows = question_positions(tokenizer, instance.prompt, instance.question)
     assert rows == list(range(rows[0], rows[-1] + 1))

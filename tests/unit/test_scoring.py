@@ -40,6 +40,16 @@ CASES = [
     ("chain_progress", f"The final value is {U3}", [U1, U2, U3], 1.0, ""),
     ("chain_progress", f"It is {U2}", [U1, U2, U3], pytest.approx(2 / 3, abs=1e-6), ""),
     ("chain_progress", "no idea", [U1, U2, U3], 0.0, ""),
+    ("first_number", " 4512. The pass key is 4512.", ["4512"], 1.0, ""),
+    ("first_number", "It is 12 or 4512", ["4512"], 0.0, ""),  # the first number only, as the Landmark release reads it
+    ("first_number", "45120", ["4512"], 0.0, ""),
+    ("counting_stars_searching", '{"little_penguin": [3, 1, 2]}', ["1", "2", "3"], 1.0, ""),
+    ("counting_stars_searching", 'Sure: {"little_penguin": [1, 1, 1, 2]}', ["1", "2", "3"], pytest.approx(1 / 3), ""),
+    ("counting_stars_searching", "no stars", ["1", "2"], 0.0, ""),
+    ("counting_stars_reasoning", '{"little_penguin": [5, 7]}', ["5/6", "7/8"], 1.0, ""),
+    ("counting_stars_reasoning", '{"little_penguin": [6, 8]}', ["5/6", "7/8"], 0.25, ""),
+    ("value_prefix", f' "{U1}" is the value', [U1], 1.0, ""),
+    ("value_prefix", f"The value is {U1}", [U1], 0.0, ""),  # the release compares the answer's first characters
 ]
 
 
