@@ -35,7 +35,7 @@ PROMPT_PREVIEW_CHARS = 20000
 def task_help(name: str) -> tuple[str, str]:
     task = get_task(name)
     return (f"**{task.name}**: {task.description} Haystack: `{task.haystack}`, scorer: `{task.scorer}`, "
-            f"new-token budget {task.max_new_tokens}.", json.dumps(task.params, indent=1))
+            f"new-token budget {task.max_new_tokens}. *{task.differs}*", json.dumps(task.params, indent=1))
 
 
 def builder_settings(text: str | None) -> dict:

@@ -164,7 +164,7 @@ def test_build_prints_the_prompt_and_gold_answer_without_a_model():
     listing = json.loads(subprocess.run([sys.executable, str(ROOT / "app.py"), "tasks", "--json"], capture_output=True,
                                         text=True, timeout=120).stdout)
     assert {"ruler.qa_1", "ruler.qa_2", "nt.threading"} <= {u["name"] for u in listing["unavailable"]}
-    assert all(t["differs"] for t in listing["tasks"] if t["name"].startswith(("niah", "ruler.")))
+    assert all(t["differs"] for t in listing["tasks"])  # every preset says how it stands to its benchmark
 
 
 @pytest.mark.parametrize("length,depth", [(2000, 10), (2000, 50), (8000, 90), (131072, 50)])
