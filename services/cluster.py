@@ -184,6 +184,9 @@ _SHARED: RayWorkers | None = None
 def shared_workers() -> RayWorkers:
     """The lab server's one pool (CONTEXT_LAB_RAY_WORKERS actors, or one per GPU of RAY_ADDRESS)."""
     global _SHARED
+    if not cluster_offered():  # a request naming Ray cannot start a cluster the operator did not set up
+        raise ClusterError("This lab was not started with a Ray cluster (RAY_ADDRESS or CONTEXT_LAB_RAY_WORKERS); "
+                           "run the sweep in this process.")
     if _SHARED is None:
         wanted = os.environ.get("CONTEXT_LAB_RAY_WORKERS")
         _SHARED = RayWorkers(int(wanted) if wanted and wanted.isdigit() else None)

@@ -166,3 +166,15 @@ def render(src: Source, fillers: list[str], pieces: list[Piece], filler_tokens: 
             spans.append(Span("document", f"Document [{index + 1}]", start - len(f"Document [{index + 1}]"),
                               len(text)))
     return text + src.closing, spans
+
+
+def largest_fitting(fits: Callable[[int], bool], smallest: int) -> int:
+    """The largest size >= `smallest` for which `fits` holds, `fits` growing false with the size (doubling,
+    then bisection); `fits(smallest)` must hold."""
+    low, high = smallest, smallest * 2
+    while fits(high):
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low

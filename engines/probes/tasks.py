@@ -26,6 +26,7 @@ from engines.probes.haystack import (
     Span,
     document,
     kv_pair,
+    largest_fitting,
     multidoc_set,
     random_uuid,
     render,
@@ -534,12 +535,7 @@ def build_reference(tokenizer, spec: ProbeSpec, task: TaskSpec, chat_template: b
                                               chat_template)) + task.max_new_tokens
         raise HaystackError(f"Length {spec.length} is too short for '{task.name}': its template, smallest haystack "
                             f"and {task.max_new_tokens} new tokens take {least}. Choose at least {least}.")
-    low, high = smallest, smallest * 2
-    while fits(high):
-        low, high = high, high * 2
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if fits(middle) else (low, middle)
+    low = largest_fitting(fits, smallest)
     return reference_instance(tokenizer, spec, task, generate(spec.seed, params, low, spec.length, count_tokens),
                               f"{low} {unit}", chat_template)
 

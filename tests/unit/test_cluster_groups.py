@@ -25,3 +25,14 @@ def test_without_ray_the_ray_executor_says_what_to_install():
                           timeout=300)
     assert done.returncode == 2 and "Ray is not installed: pip install -r requirements-cluster.txt" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_request_cannot_start_a_cluster_the_operator_did_not_offer(monkeypatch):
+    import pytest
+
+    from services.cluster import ClusterError, shared_workers
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("CONTEXT_LAB_RAY_WORKERS", raising=False)
+    with pytest.raises(ClusterError, match="not started with a Ray cluster"):
+        shared_workers()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 
 from engines.probes.benchmarks.ruler import Sample
+from engines.probes.haystack import largest_fitting
 
 QUESTION = 'Extract the value corresponding to the specified key in the JSON object. Key: "{key}"\n Corresponding value: '
 NEW_TOKENS = 100
@@ -45,11 +46,5 @@ def single(tokenizer, length: int, depth: float, seed: int, params: dict) -> Sam
     def fits(count: int) -> bool:
         return len(tokenizer(build(count)[0], add_special_tokens=False).input_ids) + NEW_TOKENS <= length
 
-    low, high = 1, 2
-    while fits(high):
-        low, high = high, high * 2
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if fits(middle) else (low, middle)
-    text, (key, value) = build(low)
+    text, (key, value) = build(largest_fitting(fits, 1))
     return Sample(text, "", (value,), (f'"{key}": "{value}"',), question=QUESTION.format(key=key).strip())
