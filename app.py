@@ -24,6 +24,7 @@ def build_ui(store):
         benchmark_tab,
         context_tab,
         decoding_tab,
+        gallery_tab,
         haystack,
         model_panel,
         probe,
@@ -43,7 +44,8 @@ def build_ui(store):
         session = gr.State({"visitor": None, "id": None, "log": True})
         visitor_key = gr.BrowserState(None, storage_key="context-lab-visitor", secret="context-lab")
         config = model_panel.build()
-        with gr.Tabs() as tabs:
+        with gr.Tabs(selected="gallery") as tabs:
+            gallery_tab.build(config)
             probe.build(config, store, session)
             haystack.build(config, store, session)
             sweep.build(config, store, session)
@@ -94,8 +96,9 @@ def serve() -> None:
 
 def launch(demo, **where) -> None:
     """Queue and serve the UI: four jobs at once (those holding the model take turns), uploads
-    within the deployment's file cap."""
-    demo.queue(default_concurrency_limit=4).launch(css_paths=[ASSETS / "style.css"], footer_links=["api", "settings"],
+    within the deployment's file cap, the lab's style and its one script (heatmap clicks)."""
+    demo.queue(default_concurrency_limit=4).launch(css_paths=[ASSETS / "style.css"], js=(ASSETS / "lab.js").read_text(),
+                                                   footer_links=["api", "settings"],
                                                    max_file_size=f"{limits().file_mb}mb", **where)
 
 

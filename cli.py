@@ -17,6 +17,7 @@ from engines.attention.function import AttentionCapture, attention_path
 from engines.attention.views import context_profile, question_positions, stacked
 from engines.config.errors import LabError
 from engines.config.kinds import FAMILIES, catalogue, entries
+from engines.config.paths import ASSETS
 from engines.config.policy import limits
 from engines.config.specs import (
     DTYPES,
@@ -40,6 +41,7 @@ from engines.studies.conflicts import conflict_summary, run_conflicts
 from engines.studies.sift import benchmark_summary, query_of, run_benchmark, run_sift
 from engines.studies.sweeps import SweepSpec
 from services.cluster import RayWorkers
+from services.gallery import card_named, cards, result_sentence, run_card, stored_record
 from services.replay import replay
 from services.run_log import log_generation, log_probe, remember_upload, write_run
 from services.sweep_jobs import benchmark_jobs, estimate, open_job, parse_list, run_job, sweep_summary
@@ -423,6 +425,45 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
             "differs": get_task(args.task).differs}
 
 
+def cmd_gallery(args: argparse.Namespace) -> dict[str, Any]:
+    """The gallery's cards; --check renders every stored result with no model; --build remakes them."""
+    from ui.figures import card_figures
+
+    chosen = [card_named(name) for name in args.card] if args.card else cards()
+    if args.build:
+        config = config_from_args(args, default_new_tokens=32)
+        loaded = MANAGER.get(config.model, first_use_progress)
+        for card in chosen:
+            started = time.perf_counter()
+            with MANAGER.lock:
+                *_, step = run_card(card, loaded, config)
+            card.stored_path.write_text(json.dumps(stored_record(step.data, time.perf_counter() - started, loaded),
+                                                   ensure_ascii=False))
+            print(f"[{card.name}] {time.perf_counter() - started:.0f} s: {result_sentence(card, step.data)}",
+                  file=sys.stderr)
+    if args.check:
+        rendered, failed = [], []
+        for card in chosen:
+            try:
+                stored = card.stored()
+                if stored is None:
+                    raise SpecError(f"not built yet: python app.py gallery --build --card {card.name}")
+                for figure in card_figures(card.study, stored["data"]):
+                    figure.to_json()
+                rendered.append(card.name)
+            except Exception as exc:  # a missing or unreadable stored result, or a figure that cannot be built
+                failed.append({"card": card.name, "error": f"{type(exc).__name__}: {exc}"})
+        return {"rendered": rendered, "failed": failed, "model_loaded": MANAGER.loaded is not None}
+    listed = []
+    for card in chosen:
+        stored = card.stored()
+        listed.append({"name": card.name, "title": card.title, "paper": card.paper, "claim": card.claim,
+                       "result": result_sentence(card, stored["data"]) if stored else None, "differs": card.differs,
+                       "cpu_seconds": stored["seconds"] if stored and stored["device"] == "cpu" else None,
+                       "stored_run": str(card.stored_path.relative_to(ASSETS.parent)) if stored else None, "tab": card.tab})
+    return {"cards": listed}
+
+
 def cmd_kinds(args: argparse.Namespace) -> dict[str, Any]:
     listing = catalogue()
     return {args.family: listing[args.family]} if args.family else listing
@@ -447,7 +488,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "probe": cmd_probe, "decode": cmd_decode, "sift": cmd_sift, "sweep": cmd_sweep, "benchmark": cmd_benchmark,
     "build": cmd_build,
     "tasks": cmd_tasks,
-    "kinds": cmd_kinds, "sessions": cmd_sessions, "replay": cmd_replay,
+    "kinds": cmd_kinds, "gallery": cmd_gallery, "sessions": cmd_sessions, "replay": cmd_replay,
     "export": cmd_export, "import": cmd_import}
 
 
@@ -546,6 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--json", action="store_true", help="print one JSON object")
     tasks = commands.add_parser("tasks", help="list the task presets, haystacks and scorers")
     tasks.add_argument("--json", action="store_true", help="print one JSON object")
+    gallery = commands.add_parser("gallery", help="list the gallery's cards; --check renders the stored results "
+                                  "with no model; --build remakes them on the model")
+    gallery.add_argument("--card", action="append", default=[], help="only this card (repeatable)")
+    gallery.add_argument("--check", action="store_true", help="render every stored result (no model is loaded)")
+    gallery.add_argument("--build", action="store_true", help="run each card's study and store its result")
+    add_config_flags(gallery)
+    add_method_flag(gallery)
     kinds = commands.add_parser("kinds", help="list every RoPE kind, mask kind, decoding method, task, haystack "
                                 "and scorer with its description and settings")
     kinds.add_argument("--family", choices=list(FAMILIES), help="only this family")
@@ -568,7 +616,11 @@ def run(argv: list[str]) -> int:
         print(output["csv"], end="")
     elif args.command == "kinds":
         print(kinds_text(output))
+    elif args.command == "gallery" and "cards" in output:
+        for card in output["cards"]:
+            print(f"{card['name']}: {card['title']} ({card['paper']})\n  {card['claim']}\n  here: "
+                  f"{card['result'] or 'not built yet'}")
     else:
         for key, value in output.items():
             print(f"{key}: {value}")
-    return 0
+    return 1 if args.command == "gallery" and output.get("failed") else 0

@@ -45,11 +45,13 @@ class AttentionPanel:
 def captured_state(capture: AttentionCapture, loaded, prompt: str, spans: list[dict], config: RunConfig,
                    generated: list[int], answer: str | None = None) -> dict:
     """What the explorer keeps for one captured run (server side): the question and answer rows
-    [layers, heads, keys] packed as float16, the prompt, its spans, the config and retrieval scores."""
+    [layers, heads, keys] packed as float16, the prompt, its tokens' texts, its spans, the config and
+    retrieval scores."""
+    prompt_ids = encode(loaded.tokenizer, prompt)[0].tolist()
     state = {"question": pack(stacked(capture)), "answer": pack(stacked(capture, "answer")) if capture.steps else None,
-             "prompt": prompt, "spans": spans, "config": config.to_dict(), "retrieval": None}
+             "prompt": prompt, "spans": spans, "config": config.to_dict(), "retrieval": None,
+             "tokens": [loaded.tokenizer.decode([token]) for token in prompt_ids]}
     if answer and capture.steps and len(generated) > 1:
-        prompt_ids = encode(loaded.tokenizer, prompt)[0].tolist()
         span = answer_span(loaded.tokenizer, prompt_ids, answer)
         if span is not None:
             scores = retrieval_scores(step_attention(capture), generated[1:], prompt_ids, span)
@@ -86,14 +88,15 @@ def sliced_profile(state: dict | None, layer, head, rows: str, reduce: str, log:
     packed = state["answer"] if rows == "answer" and state.get("answer") else state["question"]
     profile = context_profile(unpack(packed), _index(layer), _index(head), reduce)
     what = f"{'answer' if packed is state.get('answer') else 'question'} rows, layer {layer}, head {head}, {reduce}"
-    return figures.attention_profile(profile, state["spans"], log=log, title=f"Attention over the context ({what})")
+    return figures.attention_profile(profile, state["spans"], log=log, title=f"Attention over the context ({what})",
+                                     tokens=state.get("tokens"))
 
 
 def sliced_positions(state: dict | None, log: bool):
     if not state:
         return None
     matrix = unpack(state["question"])
-    return figures.layer_position_map(layer_position(matrix), matrix.shape[-1], log=log)
+    return figures.layer_position_map(layer_position(matrix), matrix.shape[-1], log=log, tokens=state.get("tokens"))
 
 
 def full_map(current, layer_value, head_value, log_value, progress=gr.Progress()):

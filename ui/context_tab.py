@@ -1,5 +1,5 @@
 """Context tab: pictures of the chosen RoPE scaling and attention mask, the per-token NLL over a long
-stream (the StreamingLLM picture), the measured cost of each mask, and phenomenon presets."""
+stream (the StreamingLLM picture) and the measured cost of each mask."""
 from __future__ import annotations
 
 import json
@@ -9,21 +9,16 @@ import gradio as gr
 from engines.attention.state import current
 from engines.config.kinds import entries
 from engines.config.specs import MaskSpec, RopeSpec
-from engines.context.run import mask_grid, rope_curves, token_nll
-from engines.decoding.generation import encode
+from engines.context.run import mask_grid, prose_stream, rope_curves, token_nll
 from engines.model.loading import MANAGER
-from engines.probes.haystack import ASSETS, HaystackError, prose_sentences
-from engines.probes.runner import max_prompt_tokens, run_probe
-from engines.probes.tasks import ProbeSpec, build_probe
+from engines.probes.haystack import ASSETS
+from engines.probes.runner import max_prompt_tokens
 from ui import figures
-from ui.model_panel import ConfigInputs, Panel, loaded_model
+from ui.model_panel import ConfigInputs, Panel, loaded_model, said_to_user
+from ui.progress import Clock, seconds_for
 from ui.text import Refusal
 
 MASK_COSTS = ASSETS / "mask_costs.json"
-
-
-def phenomena() -> list[dict]:
-    return json.loads((ASSETS / "phenomena.json").read_text())["phenomena"]
 
 
 def cost_table() -> str:
@@ -63,35 +58,24 @@ def nll(tokens, *values, progress=gr.Progress()):
     loaded = loaded_model(run_config, progress)
     if tokens is None or not 64 <= int(tokens) <= max_prompt_tokens(loaded):
         raise Refusal(f"The stream length must be between 64 and {max_prompt_tokens(loaded)} tokens.")
-    text = " ".join(prose_sentences()[:int(tokens)])
-    ids = encode(loaded.tokenizer, text)[:, :int(tokens)]
-    curves = {}
+    ids = prose_stream(loaded.tokenizer, int(tokens)).to(loaded.device)
     settings = [("plain causal, default RoPE", RopeSpec(), MaskSpec())]
     if run_config.mask.kind != "causal" or run_config.rope.kind != "default":
         settings.append((f"{panel.rope} / {panel.mask}", run_config.rope, run_config.mask))
-    try:
-        with MANAGER.lock:
-            for label, rope_spec, mask_spec in settings:
-                curves[label] = token_nll(loaded.model, ids.to(loaded.device), rope_spec, mask_spec)
-    except HaystackError as exc:
-        raise Refusal(str(exc)) from exc
-    return figures.nll_stream(curves)
+    clock = Clock(progress, len(settings), seconds_for(loaded, run_config, [int(tokens)] * len(settings)))
 
+    def curves_of(model, should_stop):
+        curves = {}
+        for label, rope_spec, mask_spec in settings:
+            if should_stop():
+                return
+            curves[label] = token_nll(model.model, ids, rope_spec, mask_spec)
+            yield curves
 
-def preset_run(name, *values, progress=gr.Progress()):
-    """A phenomenon preset: the same probe under each of its settings."""
-    chosen = next(p for p in phenomena() if p["name"] == name)
-    results = []
-    for setting in chosen["settings"]:
-        run_config = Panel.of(values).config(max_new_tokens=16, rope=setting["rope"], mask=setting["mask"])
-        loaded = loaded_model(run_config, progress)
-        instance = build_probe(loaded.tokenizer, ProbeSpec(**chosen["probe"]), run_config.chat_template,
-                               max_tokens=max_prompt_tokens(loaded))
-        with MANAGER.lock:
-            *_, outcome = run_probe(loaded, instance, "generate", run_config)
-        results.append({"setting": setting["label"], "correct": outcome.score.correct, "answer": outcome.answer,
-                        "expected": list(instance.expected), "prompt_tokens": instance.prompt_tokens})
-    return {"preset": name, "description": chosen["description"], "results": results}
+    with said_to_user():
+        for curves in MANAGER.stream(run_config.model, curves_of):
+            clock.step(len(curves), "settings")
+            yield figures.nll_stream(curves)
 
 
 def build(config: ConfigInputs) -> None:
@@ -104,6 +88,7 @@ def build(config: ConfigInputs) -> None:
             stream_tokens = gr.Number(1500, precision=0, label="NLL stream: tokens of prose")
             draw = gr.Button("Draw RoPE and mask pictures")
             stream = gr.Button("Run the NLL stream", variant="primary")
+            stream_stop = gr.Button("Cancel", variant="stop")
         with gr.Row():
             mask_plot = gr.Plot(label="Mask")
             ratio_plot = gr.Plot(label="Frequency ratio")
@@ -112,15 +97,9 @@ def build(config: ConfigInputs) -> None:
             decay_plot = gr.Plot(label="Long-term decay")
         nll_plot = gr.Plot(label="NLL over a long stream")
         gr.Markdown(cost_table())
-        with gr.Row():
-            preset = gr.Dropdown([p["name"] for p in phenomena()], value=phenomena()[0]["name"],
-                                 label="Phenomenon preset")
-            run_preset = gr.Button("Run the preset")
-        preset_result = gr.JSON(label="Preset results")
 
     values = config.all()
     draw.click(pictures, [picture_length, *values], [mask_plot, ratio_plot, wave_plot, decay_plot],
                api_name="context_pictures")
-    stream.click(nll, [stream_tokens, *values], nll_plot, api_name="context_nll", concurrency_id="model")
-    run_preset.click(preset_run, [preset, *values], preset_result, api_name="context_preset",
-                     concurrency_id="model")
+    streamed = stream.click(nll, [stream_tokens, *values], nll_plot, api_name="context_nll", concurrency_id="model")
+    stream_stop.click(None, cancels=[streamed], api_name=False)

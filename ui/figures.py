@@ -4,12 +4,36 @@ The Sessions tab re-renders stored runs with these same functions.
 """
 from __future__ import annotations
 
+import html
 import math
+import textwrap
 
 import plotly.graph_objects as go
 
 from engines.studies.sweep_stats import by_depth, by_length, effective_length, grid, u_curve_indices
-from ui.text import plain
+
+
+def fitted(fig: go.Figure) -> go.Figure:
+    """The title wrapped into short lines, left-aligned, with margins that grow to fit the title and the
+    axis labels, so nothing is clipped or overlaps at phone width."""
+    title = fig.layout.title.text
+    if title:
+        head, sep, rest = title.partition("<br>")
+        fig.update_layout(title=dict(text="<br>".join(textwrap.wrap(head, TITLE_CHARS)) + sep + rest, x=0.01,
+                                     xanchor="left", automargin=True, font=dict(size=15)))
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
+def plain(label: object) -> str:
+    """A label Plotly shows literally (it decodes the entities back to the characters)."""
+    return html.escape(str(label), quote=False)
+
+
+TITLE_CHARS = 46  # about what a 390-px phone shows at the title's size
+# Lines that may coincide (a setting that changes nothing) stay apart by their dash as well as colour.
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
 KIND_COLOURS = {"needle": "#d62728", "gold": "#2ca02c", "distractor": "#ff7f0e", "document": "#1f77b4",
                 "haystack": "#c7c7c7"}
@@ -34,7 +58,7 @@ def needle_strip(spans: list[dict], prompt_tokens: int) -> go.Figure:
                       title=f"Where things sit in the {prompt_tokens:,}-token prompt",
                       xaxis=dict(title="token position", range=[0, prompt_tokens]),
                       yaxis=dict(visible=False, range=[0, 1]), legend=dict(orientation="h", y=-0.5))
-    return fig
+    return fitted(fig)
 
 
 def _axis_labels(values) -> list[str]:
@@ -57,14 +81,14 @@ def sweep_heatmap(rows: list[dict], lengths, depths, value: str = "correct", tit
         z.append(z_row)
         text.append(text_row)
     fig = go.Figure(go.Heatmap(z=z, x=_axis_labels(depths), y=_axis_labels(lengths), zmin=0, zmax=1,
-                               colorscale="RdYlGn", text=text, xgap=1, ygap=1,
+                               colorscale="RdYlGn", text=text, xgap=1, ygap=1, texttemplate="%{z:.2f}",
                                hovertemplate="length %{y}, depth %{x}%<br>%{text}<extra></extra>",
                                colorbar=dict(title="accuracy" if value == "correct" else value)))
     fig.update_layout(title=plain(title) or f"{'Accuracy' if value == 'correct' else value} by length and depth",
                       xaxis=dict(title="needle depth (%)", type="category"),
                       yaxis=dict(title="prompt tokens", type="category"), height=380,
                       margin=dict(l=60, r=10, t=50, b=50))
-    return fig
+    return fitted(fig)
 
 
 def difference_heatmap(rows_a: list[dict], rows_b: list[dict], lengths, depths, value: str = "correct") -> go.Figure:
@@ -78,15 +102,16 @@ def difference_heatmap(rows_a: list[dict], rows_b: list[dict], lengths, depths, 
     fig.update_layout(title="Difference: B minus A", xaxis=dict(title="needle depth (%)", type="category"),
                       yaxis=dict(title="prompt tokens", type="category"), height=380,
                       margin=dict(l=60, r=10, t=50, b=50))
-    return fig
+    return fitted(fig)
 
 
 def position_curve(rows: list[dict], value: str = "correct") -> go.Figure:
     """Accuracy against depth, one line per length: the lost-in-the-middle U-curve."""
     fig = go.Figure()
-    for length in sorted({int(r["length"]) for r in rows}):
+    for number, length in enumerate(sorted({int(r["length"]) for r in rows})):
         curve = by_depth(rows, length, value)
-        fig.add_trace(go.Scatter(x=list(curve), y=list(curve.values()), mode="lines+markers", name=f"{length}"))
+        fig.add_trace(go.Scatter(x=list(curve), y=list(curve.values()), mode="lines+markers", name=f"{length}",
+                                 line=dict(dash=DASHES[number % len(DASHES)])))
     overall = u_curve_indices(by_depth(rows, None, value))
     subtitle = ("" if overall["primacy"] is None else
                 f"<br><sup>all lengths: primacy {overall['primacy']:+.2f}, recency {overall['recency']:+.2f} "
@@ -94,7 +119,7 @@ def position_curve(rows: list[dict], value: str = "correct") -> go.Figure:
     fig.update_layout(title="Accuracy by needle depth" + subtitle, xaxis=dict(title="needle depth (%)"),
                       yaxis=dict(title="accuracy" if value == "correct" else value, range=[-0.05, 1.05]),
                       legend=dict(title="prompt tokens"), height=360, margin=dict(l=60, r=10, t=50, b=50))
-    return fig
+    return fitted(fig)
 
 
 def length_curve(rows: list[dict], threshold: float | None = None, value: str = "correct") -> go.Figure:
@@ -115,7 +140,7 @@ def length_curve(rows: list[dict], threshold: float | None = None, value: str = 
     fig.update_layout(title="Accuracy by context length", xaxis=dict(title="prompt tokens"),
                       yaxis=dict(title="accuracy" if value == "correct" else value, range=[-0.05, 1.05]),
                       height=360, margin=dict(l=60, r=10, t=50, b=50))
-    return fig
+    return fitted(fig)
 
 
 def token_probabilities(tokens: list[dict]) -> go.Figure:
@@ -132,7 +157,7 @@ def token_probabilities(tokens: list[dict]) -> go.Figure:
                       xaxis=dict(title="new token"), yaxis=dict(title="probability", range=[0, 1]),
                       yaxis2=dict(title="entropy", overlaying="y", side="right", showgrid=False),
                       legend=dict(orientation="h", y=-0.25))
-    return fig
+    return fitted(fig)
 
 
 def run_figures(run: dict) -> list[go.Figure]:
@@ -171,19 +196,21 @@ def mask_picture(rows: list[list[bool]], positions: list[int], title: str) -> go
     fig = go.Figure(go.Heatmap(z=[[1 if v else 0 for v in row] for row in rows], x=positions, y=positions,
                                colorscale=[[0, "#f7f7f7"], [1, "#222222"]], showscale=False,
                                hovertemplate="query %{y}, key %{x}: %{z}<extra></extra>"))
-    fig.update_layout(title=plain(title), height=420, width=460, margin=dict(l=60, r=10, t=50, b=50),
-                      xaxis=dict(title="key position"), yaxis=dict(title="query position", autorange="reversed"))
-    return fig
+    fig.update_layout(title=plain(title) + "<br><sup>black: the query sees the key; light: masked</sup>", height=420,
+                      margin=dict(l=60, r=10, t=60, b=50), xaxis=dict(title="key position", constrain="domain"),
+                      yaxis=dict(title="query position", autorange="reversed", scaleanchor="x"))
+    return fitted(fig)
 
 
 def rope_curves(curves: dict[str, dict[str, list[float]]], trained: int, factor: float) -> list[go.Figure]:
     """Frequency ratio theta'/theta per pair, wavelength per pair against L and s*L, and the long-term
     decay bound, one line per RoPE setting (curves[name] holds pair, ratio, wavelength, distance, decay)."""
     ratio, wave, decay = go.Figure(), go.Figure(), go.Figure()
-    for name, c in curves.items():
-        ratio.add_trace(go.Scatter(x=c["pair"], y=c["ratio"], mode="lines+markers", name=name))
-        wave.add_trace(go.Scatter(x=c["pair"], y=c["wavelength"], mode="lines+markers", name=name))
-        decay.add_trace(go.Scatter(x=c["distance"], y=c["decay"], mode="lines", name=name))
+    for number, (name, c) in enumerate(curves.items()):
+        line = dict(dash=DASHES[number % len(DASHES)])
+        ratio.add_trace(go.Scatter(x=c["pair"], y=c["ratio"], mode="lines+markers", name=plain(name), line=line))
+        wave.add_trace(go.Scatter(x=c["pair"], y=c["wavelength"], mode="lines+markers", name=plain(name), line=line))
+        decay.add_trace(go.Scatter(x=c["distance"], y=c["decay"], mode="lines", name=plain(name), line=line))
     wave.add_hline(y=trained, line_dash="dot", annotation_text=f"L = {trained}")
     if factor != 1:
         wave.add_hline(y=trained * factor, line_dash="dash", annotation_text=f"s x L = {trained * factor:g}")
@@ -193,30 +220,37 @@ def rope_curves(curves: dict[str, dict[str, list[float]]], trained: int, factor:
                        yaxis=dict(title="tokens", type="log"), height=340)
     decay.update_layout(title="Long-term decay: bound on the relative attention score", xaxis=dict(
         title="relative distance (tokens)", type="log"), yaxis_title="relative upper bound", height=340)
-    return [ratio, wave, decay]
+    return [fitted(fig) for fig in (ratio, wave, decay)]
 
 
 def nll_stream(curves: dict[str, list[float]], smooth: int = 32) -> go.Figure:
     """Per-token negative log-likelihood over a long stream (moving average), one line per setting."""
     fig = go.Figure()
-    for name, values in curves.items():
+    for number, (name, values) in enumerate(curves.items()):
         averaged = [sum(values[max(0, i - smooth + 1):i + 1]) / len(values[max(0, i - smooth + 1):i + 1])
                     for i in range(len(values))]
-        fig.add_trace(go.Scatter(y=averaged, mode="lines", name=name))
+        fig.add_trace(go.Scatter(y=averaged, mode="lines", name=plain(name), line=dict(dash=DASHES[number % len(DASHES)])))
     fig.update_layout(title=f"Per-token negative log-likelihood ({smooth}-token moving average)",
                       xaxis_title="token position", yaxis_title="NLL (nats)", height=360)
-    return fig
+    return fitted(fig)
+
+
+def _token_labels(tokens: list[str] | None, positions) -> list[str] | None:
+    return None if not tokens else [plain(repr(tokens[p])) if p < len(tokens) else "" for p in positions]
 
 
 def attention_profile(profile: list[float], spans: list[dict], sinks: int = 4, log: bool = False,
-                      title: str = "Attention over the context") -> go.Figure:
-    """Attention over context positions with needles and documents marked; the first `sinks` tokens
-    get their own trace so their mass does not wash out the scale."""
+                      title: str = "Attention over the context", tokens: list[str] | None = None) -> go.Figure:
+    """Attention over context positions with needles and documents marked, each token's text on hover
+    when `tokens` are given; the first `sinks` tokens get their own trace so their mass does not wash
+    out the scale."""
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=list(range(sinks, len(profile))), y=profile[sinks:], mode="lines",
-                             name="attention", line=dict(width=1)))
-    fig.add_trace(go.Bar(x=list(range(min(sinks, len(profile)))), y=profile[:sinks], name=f"first {sinks} (sinks)",
-                         marker_color="#7f7f7f"))
+    hover = "key %{x} %{text}: %{y:.5f}<extra></extra>"
+    rest, first = range(sinks, len(profile)), range(min(sinks, len(profile)))
+    fig.add_trace(go.Scatter(x=list(rest), y=profile[sinks:], mode="lines", name="attention", line=dict(width=1),
+                             text=_token_labels(tokens, rest), hovertemplate=hover))
+    fig.add_trace(go.Bar(x=list(first), y=profile[:sinks], name=f"first {sinks} (sinks)", marker_color="#7f7f7f",
+                         text=_token_labels(tokens, first), hovertemplate=hover, textposition="none"))
     for span in spans:
         if span["kind"] in ("needle", "gold", "distractor"):
             fig.add_vrect(x0=span["token_start"], x1=span["token_end"], fillcolor=KIND_COLOURS[span["kind"]],
@@ -224,7 +258,7 @@ def attention_profile(profile: list[float], spans: list[dict], sinks: int = 4, l
     fig.update_layout(title=f"{title} (sink mass {sum(profile[:sinks]):.2f})", height=330,
                       xaxis_title="key position (token)", yaxis=dict(title="attention", type="log" if log else "linear"),
                       margin=dict(l=60, r=10, t=50, b=40), legend=dict(orientation="h", y=-0.3))
-    return fig
+    return fitted(fig)
 
 
 def _coloured(z: list[list[float]], log: bool) -> tuple[list[list[float]], str]:
@@ -242,18 +276,22 @@ def layer_head_map(mass: list[list[float]], title: str = "Attention mass on the 
                                hovertemplate="layer %{y}, head %{x}: %{customdata:.4f}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", height=420,
                       margin=dict(l=60, r=10, t=50, b=40))
-    return fig
+    return fitted(fig)
 
 
-def layer_position_map(rows: list[list[float]], keys: int, log: bool = False) -> go.Figure:
+def layer_position_map(rows: list[list[float]], keys: int, log: bool = False,
+                       tokens: list[str] | None = None) -> go.Figure:
+    """Attention mass per layer over binned key positions; the centre token's text on hover."""
     bins = len(rows[0]) if rows else 1
     z, scale = _coloured(rows, log)
-    fig = go.Figure(go.Heatmap(z=z, x=[round((b + 0.5) * keys / bins) for b in range(bins)], colorscale="Viridis",
-                               customdata=rows, colorbar=dict(title=scale),
-                               hovertemplate="layer %{y}, around token %{x}: %{customdata:.4f}<extra></extra>"))
+    centres = [min(keys - 1, round((b + 0.5) * keys / bins)) for b in range(bins)]
+    labels = _token_labels(tokens, centres) or [""] * bins
+    fig = go.Figure(go.Heatmap(z=z, x=centres, colorscale="Viridis", customdata=rows, colorbar=dict(title=scale),
+                               text=[labels] * len(rows),
+                               hovertemplate="layer %{y}, around token %{x} %{text}: %{customdata:.4f}<extra></extra>"))
     fig.update_layout(title="Attention mass by layer and position (binned)", xaxis_title="key position",
                       yaxis_title="layer", height=380, margin=dict(l=60, r=10, t=50, b=40))
-    return fig
+    return fitted(fig)
 
 
 def segment_bars(masses: dict[str, float]) -> go.Figure:
@@ -261,7 +299,7 @@ def segment_bars(masses: dict[str, float]) -> go.Figure:
                            hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
     fig.update_layout(title="Attention mass per segment", xaxis_title="mass", height=420,
                       yaxis=dict(autorange="reversed"), margin=dict(l=200, r=10, t=50, b=40))
-    return fig
+    return fitted(fig)
 
 
 def decoding_tokens(runs: dict[str, list[dict]]) -> go.Figure:
@@ -283,7 +321,7 @@ def decoding_tokens(runs: dict[str, list[dict]]) -> go.Figure:
                       yaxis=dict(title="probability", range=[0, 1.02]),
                       yaxis2=dict(title="entropy (nats)", overlaying="y", side="right", showgrid=False),
                       legend=dict(orientation="h", y=-0.3))
-    return fig
+    return fitted(fig)
 
 
 def cad_alpha(runs: dict[str, list[dict]]) -> go.Figure:
@@ -296,7 +334,7 @@ def cad_alpha(runs: dict[str, list[dict]]) -> go.Figure:
     fig.update_layout(title="Context weight alpha per step (AdaCAD: JSD, at most ln 2 = 0.693)", height=300,
                       margin=dict(l=50, r=10, t=50, b=40), xaxis=dict(title="new token"),
                       yaxis=dict(title="alpha", rangemode="tozero"))
-    return fig
+    return fitted(fig)
 
 
 def conflict_bars(summary: list[dict]) -> go.Figure:
@@ -308,7 +346,7 @@ def conflict_bars(summary: list[dict]) -> go.Figure:
                              marker_color=colour))
     fig.update_layout(barmode="stack", title="Knowledge conflicts: whom the answer follows", height=340,
                       yaxis=dict(title="share of items", range=[0, 1]), margin=dict(l=50, r=10, t=50, b=80))
-    return fig
+    return fitted(fig)
 
 
 STAGE_COLOURS = {"fallback": "#7f7f7f", "stage 1": "#1f77b4", "stage 2": "#ff7f0e", "stage 3": "#9467bd"}
@@ -330,7 +368,7 @@ def sift_timeline(stages: list[dict], resolved_at: str | None = None) -> go.Figu
     fig.update_layout(title=f"SIFT stages over time (resolved at: {resolved_at or 'running'})",
                       height=120 + 28 * len(stages), barmode="overlay", margin=dict(l=130, r=10, t=50, b=40),
                       xaxis=dict(title="seconds"), yaxis=dict(autorange="reversed"))
-    return fig
+    return fitted(fig)
 
 
 def sift_benchmark_bars(summary: dict) -> go.Figure:
@@ -344,7 +382,7 @@ def sift_benchmark_bars(summary: dict) -> go.Figure:
                          marker_color=[STAGE_COLOURS[s] for s in shares]))
     fig.update_layout(title=f"SIFT mini benchmark ({summary['items']} items)", height=340,
                       yaxis=dict(range=[0, 1], title="share"), margin=dict(l=50, r=10, t=50, b=60))
-    return fig
+    return fitted(fig)
 
 
 def sticker_attention_bars(attention: dict) -> go.Figure:
@@ -358,7 +396,7 @@ def sticker_attention_bars(attention: dict) -> go.Figure:
                       f"{attention['question_mass']:.3f} (mean over layers and heads)", height=320,
                       xaxis=dict(title="layer"), yaxis=dict(title="attention mass", rangemode="tozero"),
                       margin=dict(l=50, r=10, t=50, b=40))
-    return fig
+    return fitted(fig)
 
 
 def head_map(result: dict, spans: list[dict] | None = None, log: bool = False) -> go.Figure:
@@ -385,4 +423,79 @@ def head_map(result: dict, spans: list[dict] | None = None, log: bool = False) -
     fig.update_layout(title=f"Layer {result['layer']}, head {result['head']}: query x key ({subtitle})",
                       xaxis_title="key", yaxis=dict(title="query", autorange="reversed"), height=560,
                       margin=dict(l=60, r=10, t=50, b=40))
-    return fig
+    return fitted(fig)
+
+
+def variant_curves(rows: list[dict], variants: list[str], value: str = "score") -> go.Figure:
+    """Score against depth, one line per variant (setting, task or builder parameter)."""
+    fig = go.Figure()
+    for number, variant in enumerate(variants):
+        curve = by_depth([r for r in rows if r["variant"] == variant], None, value)
+        fig.add_trace(go.Scatter(x=list(curve), y=list(curve.values()), mode="lines+markers", name=plain(variant),
+                                 line=dict(dash=DASHES[number % len(DASHES)])))
+    fig.update_layout(title="Score by depth of the needle or gold document", xaxis=dict(title="depth (%)"),
+                      yaxis=dict(title=f"mean {value}", range=[-0.05, 1.05]), height=360,
+                      legend=dict(orientation="h", y=-0.3), margin=dict(l=60, r=10, t=50, b=60))
+    return fitted(fig)
+
+
+def variant_bars(rows: list[dict], variants: list[str], value: str = "score") -> go.Figure:
+    """Mean score per variant, each probe's answer on hover."""
+    means, hovers = [], []
+    for variant in variants:
+        mine = [r for r in rows if r["variant"] == variant]
+        means.append(sum(float(r[value]) for r in mine) / len(mine) if mine else None)
+        hovers.append("<br>".join(f"seed {r['seed']}: {plain(repr(str(r['answer'])[:60]))}" for r in mine[:8]))
+    fig = go.Figure(go.Bar(x=[plain(v) for v in variants], y=means, customdata=hovers, marker_color="#1f77b4",
+                           text=[None if m is None else f"{m:.2f}" for m in means], textposition="outside",
+                           hovertemplate="%{x}: %{y:.2f}<br>%{customdata}<extra></extra>"))
+    fig.update_layout(title=f"Mean {value} per setting", yaxis=dict(title=f"mean {value}", range=[0, 1.15]),
+                      height=340, margin=dict(l=50, r=10, t=50, b=80))
+    return fitted(fig)
+
+
+def masking_bars(rows: list[dict]) -> go.Figure:
+    """The gold answer's log-probability with no heads, the top retrieval heads, or random heads masked."""
+    fig = go.Figure(go.Bar(x=[plain(r["setting"]) for r in rows], y=[r["gold_logprob"] for r in rows],
+                           marker_color=["#2ca02c" if r["correct"] else "#d62728" for r in rows],
+                           text=["found" if r["correct"] else "missed" for r in rows], textposition="outside",
+                           customdata=[plain(repr(r["answer"][:60])) for r in rows],
+                           hovertemplate="%{x}<br>gold log p %{y:.2f}<br>answer %{customdata}<extra></extra>"))
+    fig.update_layout(title="Gold answer's log-probability (green: found, red: missed)", height=340,
+                      yaxis_title="log p(gold)", margin=dict(l=50, r=10, t=50, b=80))
+    return fitted(fig)
+
+
+def diversity_bars(runs: list[dict]) -> go.Figure:
+    """distinct-2 and pairwise overlap of each method's beams, the beams' texts on hover."""
+    fig, scored = go.Figure(), [run for run in runs if run.get("diversity")]
+    methods = [plain(run["method"].split(":")[0]) for run in scored]
+    hover = ["<br>".join(plain(repr(beam["text"][:70])) for beam in run["beams"]) for run in scored]
+    for key, colour in (("distinct_2", "#2ca02c"), ("pairwise_overlap", "#d62728")):
+        fig.add_trace(go.Bar(x=methods, y=[run["diversity"][key] for run in scored], name=key.replace("_", " "),
+                             marker_color=colour, customdata=hover,
+                             hovertemplate="%{x}: %{y:.2f}<br>%{customdata}<extra></extra>"))
+    fig.update_layout(barmode="group", title="How different the returned beams are", height=340,
+                      yaxis=dict(range=[0, 1]), margin=dict(l=50, r=10, t=50, b=60))
+    return fitted(fig)
+
+
+def card_figures(study: str, data: dict) -> list[go.Figure]:
+    """A gallery card's figures from its stored (or live, partial) result."""
+    if study == "grid":
+        rows, variants = data["rows"], data["variants"]
+        if len(data["lengths"]) > 1 and len(data["depths"]) > 1:
+            return [sweep_heatmap(rows, data["lengths"], data["depths"], "score", f"{variants[0]}: score by length and depth")]
+        if len(data["depths"]) > 1:
+            return [variant_curves(rows, variants)]
+        return [variant_bars(rows, variants)]
+    if study == "nll":
+        return [nll_stream(data["curves"])]
+    if study == "heads":
+        return [layer_head_map(data["scores"], "Retrieval score of every head (copying the answer)", value="score"),
+                masking_bars(data["rows"])]
+    if study == "conflicts":
+        return [conflict_bars(data["summary"])]
+    if study == "decode":
+        return [diversity_bars(data["runs"])]
+    return [sift_timeline(data["stages"], data.get("resolved_at"))]

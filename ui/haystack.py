@@ -22,8 +22,10 @@ from storage.transfer import nesting_depth
 from ui import attention_panel
 from ui.figures import needle_strip
 from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
-from ui.run_view import RunView, shown_views, streamed
-from ui.text import Refusal, warn
+from ui.progress import Clock, seconds_for
+from ui.prompt_view import highlighted
+from ui.run_view import RunView, readable, shown_views, streamed
+from ui.text import Refusal, key_values, verdict_badge, warn
 
 PRESET_HAYSTACK = "preset"
 SETTINGS_MAX_CHARS = 10_000
@@ -85,8 +87,10 @@ def summary_of(instance) -> dict:
 class HaystackTab:
     run: RunView
     strip: gr.Plot
-    summary: gr.JSON
+    summary: gr.JSON  # summary and score: the records for API clients; the page shows `verdict` and `table`
     score: gr.JSON
+    verdict: gr.HTML
+    table: gr.Dataframe
     prompt_box: gr.Textbox
     status: gr.Markdown
     session: gr.State
@@ -109,7 +113,8 @@ def make(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, 
 
 def built(tab: HaystackTab, instance) -> dict:
     return {tab.strip: needle_strip(list(instance.spans), instance.prompt_tokens), tab.summary: summary_of(instance),
-            tab.prompt_box: preview(instance)}
+            tab.prompt_box: preview(instance), tab.table: key_values(summary_of(instance)),
+            tab.run.prompt_view: highlighted(instance.prompt, list(instance.spans))}
 
 
 def build_only(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, *values,
@@ -124,7 +129,7 @@ def run(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, m
     """Build the probe, stream its answer, score and log it."""
     run_config, loaded, instance = make(tab, task, length, depth, seed, haystack, params, upload, values, progress)
     shown = built(tab, instance)
-    yield shown | {tab.run.answer: "", tab.score: None}
+    yield shown | {tab.run.answer: "", tab.score: None, tab.verdict: ""}
     spans = list(instance.spans)
     capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt, instance.question)) \
         if capture_wanted else None
@@ -138,12 +143,17 @@ def run(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, m
         finished = yield from streamed(tab.run, flow, capture, spans)
     outcome, result = finished.result, finished.result.summary()
     generated = [event.token_id for event in outcome.generation.tokens] if outcome.generation else []
-    shown |= shown_views(tab.run, finished, capture, loaded, instance.prompt, spans, run_config,
-                         instance.prompt_tokens, generated, instance.expected[0])
-    yield shown | {tab.run.answer: outcome.answer, tab.session: state, tab.status: describe_loaded(),
-                   tab.score: {k: result[k] for k in ("correct", "score", "expected", "scorer", "score_details")}
-                   | {"seconds": result.get("seconds"), "run_id": finished.run_id}
-                   | ({"not_saved": finished.warning} if finished.warning else {})}
+    tokens = [event.to_dict() for event in outcome.generation.tokens] if outcome.generation else []
+    shown |= readable(tab.run, instance.prompt, spans, tokens) | shown_views(
+        tab.run, finished, capture, loaded, instance.prompt, spans, run_config, instance.prompt_tokens, generated,
+        instance.expected[0])
+    score = ({k: result[k] for k in ("correct", "score", "expected", "scorer", "score_details")}
+             | {"seconds": result.get("seconds"), "run_id": finished.run_id}
+             | ({"not_saved": finished.warning} if finished.warning else {}))
+    yield shown | {tab.run.answer: outcome.answer, tab.session: state, tab.status: describe_loaded(), tab.score: score,
+                   tab.verdict: verdict_badge(result["correct"], list(instance.expected), outcome.answer,
+                                              result["score"]),
+                   tab.table: key_values(summary_of(instance) | score)}
 
 
 def mask_heads(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, captured, count, heads_seed,
@@ -154,15 +164,26 @@ def mask_heads(tab: HaystackTab, task, length, depth, seed, haystack, params, up
                        "from the haystack): the retrieval scores choose the heads.")
     run_config, loaded, instance = make(tab, task, length, depth, seed, haystack, params, upload, values, progress)
     top = top_heads(captured["retrieval"], int(count or 1))
-    with said_to_user(), MANAGER.lock:
-        rows = masking_effect(loaded, instance, run_config, top, int(heads_seed or 0))
+    clock = Clock(progress, 3, 2 * seconds_for(loaded, run_config, [instance.prompt_tokens] * 3,
+                                               instance.max_new_tokens))  # a generation and a scoring pass each
+    rows = []
+    with said_to_user():
+        for row in MANAGER.stream(run_config.model, lambda model, should_stop: masking_effect(
+                model, instance, run_config, top, int(heads_seed or 0), should_stop)):
+            rows.append(row)
+            clock.step(len(rows), "settings")
+            yield masking_rows(rows), state
     log_to, session_id, state = session_for(tab.store, state)
     try:
         write_run(log_to, session_id, "head_masking", run_config, loaded,
                   {"probe": instance.spec.to_dict(), "k": len(top)}, {"rows": rows}, instance.prompt)
     except StorageError as exc:
         warn(str(exc))
-    return [[r["setting"], r["answer"], r["correct"], r["gold_logprob"]] for r in rows], state
+    yield masking_rows(rows), state
+
+
+def masking_rows(rows: list[dict]) -> list[list]:
+    return [[r["setting"], r["answer"], r["correct"], r["gold_logprob"]] for r in rows]
 
 
 def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
@@ -193,9 +214,13 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                     cancel = gr.Button("Cancel", variant="stop")
             with gr.Column(scale=3):
                 strip = gr.Plot(label="Needle positions")
-                summary = gr.JSON(label="Prompt")
+                verdict = gr.HTML(elem_id="haystack-verdict")
                 answer = gr.Textbox(label="Answer", lines=3, interactive=False)
-                score = gr.JSON(label="Score")
+                table = gr.Dataframe(headers=["what", "value"], label="Prompt and score", interactive=False,
+                                     wrap=True, elem_id="haystack-table")
+                summary, score = gr.JSON(visible=False), gr.JSON(visible=False)
+        probabilities = gr.Plot(label="Probability of each new token", visible=False)
+        prompt_view = gr.HTML(elem_id="haystack-prompt-view")
         with gr.Row():
             profile_plot = gr.Plot(label="Attention over the context", visible=False)
             mass_plot = gr.Plot(label="Layer x head mass on the needle", visible=False)
@@ -211,20 +236,26 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 top_k = gr.Number(10, precision=0, minimum=1, maximum=100, label="K heads")
                 mask_seed = gr.Number(0, precision=0, label="Seed for the random heads")
                 mask_button = gr.Button("Rerun with heads masked", elem_id="haystack-mask-run")
+                mask_stop = gr.Button("Cancel", variant="stop")
             mask_table = gr.Dataframe(headers=["setting", "answer", "correct", "gold log-probability"],
                                       label="Effect of masking", wrap=True)
         with gr.Accordion("Prompt text (long contexts shortened in the middle)", open=False):
             prompt_box = gr.Textbox(lines=12, max_lines=30, interactive=False, show_label=False)
 
-    tab = HaystackTab(RunView(answer, profile_plot, position_plot, panel, mass_plot, segment_plot), strip, summary,
-                      score, prompt_box, config.status, session, store)
+    tab = HaystackTab(RunView(answer, profile_plot, position_plot, panel, probabilities, prompt_view, mass_plot,
+                              segment_plot), strip, summary, score, verdict, table, prompt_box, config.status, session,
+                      store)
     task.change(task_help, task, [help_text, params], api_name=False)
     common = [task, length, depth, seed, haystack, params, upload]
-    build_button.click(partial(build_only, tab), [*common, *config.all()], [strip, summary, prompt_box],
+    build_button.click(partial(build_only, tab), [*common, *config.all()], [strip, summary, prompt_box, table,
+                                                                             prompt_view],
                        api_name="haystack_build", concurrency_id="model")
     event = run_button.click(partial(run, tab), [*common, mode, capture_on, session, *config.all()],
-                             [strip, summary, prompt_box, answer, score, session, config.status, *tab.run.plots()],
+                             [strip, summary, prompt_box, answer, score, session, config.status, *tab.run.plots(),
+                              verdict, table],
                              api_name="haystack_run", concurrency_id="model")
     cancel.click(None, cancels=[event], api_name=False)
-    mask_button.click(partial(mask_heads, tab), [*common, panel.state, top_k, mask_seed, session, *config.all()],
-                      [mask_table, session], api_name="haystack_mask_heads", concurrency_id="model")
+    masking = mask_button.click(partial(mask_heads, tab), [*common, panel.state, top_k, mask_seed, session,
+                                                           *config.all()],
+                                [mask_table, session], api_name="haystack_mask_heads", concurrency_id="model")
+    mask_stop.click(None, cancels=[masking], api_name=False)

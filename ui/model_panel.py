@@ -126,13 +126,25 @@ def load(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, ro
     return describe_loaded()
 
 
+def summary_line(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding) -> str:
+    """The closed panel's one line: what every run will use."""
+    quantized = "" if quant == "none" else f" {quant}"
+    return (f"Model and run configuration: {model}{quantized}, RoPE {rope}, mask {mask}, {decoding}, "
+            f"{max_new_tokens} new tokens{'' if chat_template else ', no chat template'} (open to change)")
+
+
+def relabelled(*values) -> gr.Accordion:
+    return gr.Accordion(label=summary_line(*values))
+
+
 def build() -> ConfigInputs:
-    """Render the panel (an accordion above the tabs) and wire its Load button."""
+    """Render the panel (an accordion above the tabs, closed to one line) and wire its Load button."""
     auto_note = ("this CPU has fast bfloat16 (AMX/AVX512-BF16), so auto picks **bf16**, 3-5x faster than fp32"
                  if cpu_supports_bf16() else "auto picks fp32 on this CPU (no fast bfloat16)")
-    with gr.Accordion("Model and run configuration (shared by every tab)", open=True):
+    choices = allowed_models() if public_mode() else [EMBEDDED_MODEL]
+    with gr.Accordion(summary_line(choices[0], "none", "nf4", "auto", True, 32, "default", "causal",
+                                   "greedy"), open=False, elem_id="model-panel") as accordion:
         with gr.Row():
-            choices = allowed_models() if public_mode() else [EMBEDDED_MODEL]
             model = gr.Dropdown(choices, value=choices[0], allow_custom_value=True, label="Model", scale=3,
                                 info="The models this Space serves (its operator chooses them)" if public_mode()
                                 else "The embedded model, a Hub id (owner/name) or a local directory")
@@ -152,4 +164,6 @@ def build() -> ConfigInputs:
         status = gr.Markdown(describe_loaded())
     inputs = ConfigInputs(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding, status)
     load_button.click(load, inputs.all(), status, api_name="load_model", concurrency_id="model")
+    for component in inputs.all():
+        component.change(relabelled, inputs.all(), accordion, api_name=False, show_progress="hidden")
     return inputs

@@ -15,8 +15,8 @@ from services.run_log import log_generation, session_for
 from storage.db import Store
 from ui import attention_panel
 from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
-from ui.run_view import RunView, shown_views, streamed
-from ui.text import Refusal
+from ui.run_view import RunView, readable, shown_views, streamed
+from ui.text import Refusal, key_values
 
 EXAMPLE_CONTEXT = "The capital of France is Paris."
 EXAMPLE_QUESTION = "What is the capital of France? Answer with one word."
@@ -25,7 +25,8 @@ EXAMPLE_QUESTION = "What is the capital of France? Answer with one word."
 @dataclass
 class ProbeTab:
     run: RunView
-    stats: gr.JSON
+    stats: gr.JSON  # the record for API clients; the page shows `table`
+    table: gr.Dataframe
     prompt_box: gr.Textbox
     status: gr.Markdown
     session: gr.State
@@ -68,10 +69,11 @@ def probe(tab: ProbeTab, context, question, capture_wanted, state, *values, prog
         finished = yield from streamed(tab.run, flow, capture, [], lambda step: {
             tab.stats: stats_of(None, step.index + 1), tab.prompt_box: prompt})
     result = finished.result
-    shown = shown_views(tab.run, finished, capture, loaded, prompt, [], run_config, prompt_tokens,
-                        [t.token_id for t in result.tokens])
-    yield {tab.run.answer: result.text, tab.stats: stats_of(result, run_id=finished.run_id, warning=finished.warning),
-           tab.prompt_box: prompt, tab.session: state, tab.status: describe_loaded()} | shown
+    shown = readable(tab.run, prompt, [], [t.to_dict() for t in result.tokens]) | shown_views(
+        tab.run, finished, capture, loaded, prompt, [], run_config, prompt_tokens, [t.token_id for t in result.tokens])
+    stats = stats_of(result, run_id=finished.run_id, warning=finished.warning)
+    yield {tab.run.answer: result.text, tab.stats: stats, tab.table: key_values(stats), tab.prompt_box: prompt,
+           tab.session: state, tab.status: describe_loaded()} | shown
 
 
 def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
@@ -88,16 +90,21 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                     stop = gr.Button("Cancel", variant="stop")
             with gr.Column(scale=2):
                 answer = gr.Textbox(label="Answer", lines=4, interactive=False)
-                stats = gr.JSON(label="Prompt tokens, time to first token, tokens per second")
+                stats = gr.JSON(visible=False)
+                table = gr.Dataframe(headers=["measure", "value"], label="Prompt tokens, time to first token, "
+                                     "tokens per second", interactive=False, elem_id="probe-stats")
+        probabilities = gr.Plot(label="Probability of each new token", visible=False)
         capture_on = gr.Checkbox(False, label="Capture attention (question and answer rows, every layer and head)")
         with gr.Row():
             profile_plot = gr.Plot(label="Attention over the context", visible=False)
             position_plot = gr.Plot(label="Layer x position", visible=False)
         panel = attention_panel.build(profile_plot, position_plot, "probe")
+        prompt_view = gr.HTML(elem_id="probe-prompt-view")
         with gr.Accordion("Prompt: the exact text fed to the model", open=False):
             prompt_box = gr.Textbox(lines=10, max_lines=30, interactive=False, show_label=False, elem_id="probe-prompt")
-    tab = ProbeTab(RunView(answer, profile_plot, position_plot, panel), stats, prompt_box, config.status, session, store)
+    tab = ProbeTab(RunView(answer, profile_plot, position_plot, panel, probabilities, prompt_view), stats, table,
+                   prompt_box, config.status, session, store)
     event = run.click(partial(probe, tab), [context, question, capture_on, session, *config.all()],
-                      [answer, stats, prompt_box, session, config.status, *tab.run.plots()],
+                      [answer, stats, prompt_box, session, config.status, *tab.run.plots(), table],
                       api_name="probe", concurrency_id="model")
     stop.click(None, cancels=[event], api_name=False)

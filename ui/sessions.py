@@ -5,6 +5,7 @@ that gives each browser its visitor key and opens ?session=ID, ?run=ID and ?shar
 Everything a visitor can reach goes through services.visitors, which says what is theirs."""
 from __future__ import annotations
 
+import html
 import json
 import tempfile
 from datetime import datetime
@@ -20,8 +21,9 @@ from services import visitors
 from services.replay import replay
 from storage.db import RUN_KINDS, Store
 from ui import figures
-from ui.text import Refusal
+from ui.text import Refusal, key_values
 
+CELL_COLUMNS = ["length", "depth", "seed", "correct", "score", "answer", "expected"]
 RUN_COLUMNS = ["when", "kind", "task", "length", "depth", "question", "answer", "score", "correct", "model", "id"]
 KINDS = ["all", *RUN_KINDS]
 PLOTS = 4
@@ -86,13 +88,33 @@ def unavailable() -> None:
                     elem_id="sessions-unavailable")
 
 
+def record_rows(run: dict) -> list[list[str]]:
+    """The opened run as (what, value) rows: the readable row, then its configuration and timings."""
+    config = run["config"]
+    settings = {"RoPE": config.get("rope", {}).get("kind"), "mask": config.get("mask", {}).get("kind"),
+                "decoding": config.get("decoding", {}).get("method"), "max new tokens": config.get("max_new_tokens"),
+                "chat template": config.get("chat_template"), "seconds": run.get("seconds"),
+                "session": run["session_id"], "replay of": run["inputs"].get("replay_of")}
+    readable = dict(zip(RUN_COLUMNS, readable_row(run)))
+    return key_values({k: v for k, v in (readable | settings).items() if v not in (None, "")})
+
+
+def sweep_cells(run: dict) -> gr.Dataframe:
+    """A sweep's cells under its row (the opened sweep expanded); hidden for other runs."""
+    cells = run["outputs"].get("cells") if run["kind"] == "sweep" else None
+    rows = [[c.get(k) for k in CELL_COLUMNS] for c in cells or []]
+    return gr.Dataframe(rows, headers=CELL_COLUMNS, visible=bool(cells))
+
+
 def open_run(store: Store, rid, state):
-    """A run of this visitor's (or a published one): its record, prompt and plots from the stored data."""
+    """A run of this visitor's (or a published one): its record (as JSON for clients, as a table on the
+    page), prompt and plots from the stored data, and a sweep's cells."""
     run = told(lambda: visitors.readable_run(store, state, (rid or "").strip()))
     figs = figures.run_figures(run)
     shown = {k: v for k, v in run.items() if k != "prompt"}
     return [shown, run["prompt"] or ""] + [gr.Plot(figs[i], visible=True) if i < len(figs) else
-                                           gr.Plot(None, visible=False) for i in range(PLOTS)]
+                                           gr.Plot(None, visible=False) for i in range(PLOTS)] + [
+        record_rows(run), sweep_cells(run)]
 
 
 def pick(store: Store, rows, state, evt: gr.SelectData):
@@ -105,7 +127,16 @@ def do_replay(store: Store, rid, state, progress=gr.Progress()):
     rid = (rid or "").strip()
     told(lambda: visitors.readable_run(store, state, rid))
     session_id, state = told(lambda: visitors.session_to_log(store, state))
-    return told(lambda: replay(store, rid, lambda f, m: progress(f, desc=m), session_id)), state
+    result = told(lambda: replay(store, rid, lambda f, m: progress(f, desc=m), session_id))
+    return result, state, replay_badge(result), [[what, str(change["stored"])[:200], str(change["now"])[:200]]
+                                                 for what, change in result["differences"].items()]
+
+
+def replay_badge(result: dict) -> str:
+    word, colour = ("identical", "#2ca02c") if result["identical"] else ("differs", "#d62728")
+    new_id = result.get("replay_run_id") or result.get("replay_sweep_id")
+    return (f'<div class="verdict"><span class="verdict-badge" style="background:{colour}">{word}</span> replay of '
+            f"<code>{html.escape(result['run_id'])}</code>, logged as <code>{html.escape(str(new_id))}</code></div>")
 
 
 def do_rename(store: Store, session_id, name, state):
@@ -163,7 +194,8 @@ def do_import(store: Store, path, state):
 
 def closed_run() -> list:
     """The opened run's views emptied: run id, record, prompt, plots, replay, share link."""
-    return ["", None, "", *[gr.Plot(None, visible=False) for _ in range(PLOTS)], None, ""]
+    return ["", None, "", *[gr.Plot(None, visible=False) for _ in range(PLOTS)], None, "", [],
+            gr.Dataframe(visible=False), "", []]
 
 
 def set_logging(on, state):
@@ -190,7 +222,7 @@ def on_page_load(store: Store, key, state, request: gr.Request):
     if session_id and session_id not in [c[1] for c in choices]:  # a session shared with this visitor
         found = store.get_session(session_id)
         choices.append((f"{found['name']} ({session_id}, shared with you, read-only)", session_id))
-    opened = open_run(store, run["id"], state) if run else [gr.skip()] * (2 + PLOTS)
+    opened = open_run(store, run["id"], state) if run else [gr.skip()] * (4 + PLOTS)
     return [state["visitor"], state, gr.Tabs(selected="sessions") if run or session_id else gr.skip(),
             gr.Dropdown(choices=choices, value=session_id), run["id"] if run else gr.skip(), *opened,
             run_rows(store, session_id, "all", "", "", "", "", False, state)]
@@ -228,9 +260,16 @@ def build(store: Store, session: gr.State, tabs: gr.Tabs, visitor_key: gr.Browse
             share_button = gr.Button("Share: publish a read-only link", elem_id="sessions-share", scale=1)
             share_link = gr.Textbox(label="Link (anyone with it can view, nobody else can change)",
                                     interactive=False, scale=3, elem_id="sessions-share-link")
-        run_json = gr.JSON(label="Run")
+        run_json = gr.JSON(visible=False)  # the record for API clients; the page shows the table
+        run_table = gr.Dataframe(headers=["what", "value"], label="Run", interactive=False, wrap=True,
+                                 elem_id="sessions-run-table")
+        cells_table = gr.Dataframe(headers=CELL_COLUMNS, label="This sweep's cells", interactive=False, wrap=True,
+                                   visible=False)
         plots = [gr.Plot(visible=False) for _ in range(PLOTS)]
-        replay_result = gr.JSON(label="Replay: identical to the stored result?")
+        replay_result = gr.JSON(visible=False)
+        replay_shown = gr.HTML(elem_id="sessions-replay-badge")
+        replay_table = gr.Dataframe(headers=["what differs", "stored", "now"], label="Replay: what differs from the "
+                                    "stored result", interactive=False, wrap=True)
         with gr.Accordion("Stored prompt", open=False):
             prompt = gr.Textbox(lines=8, max_lines=25, interactive=False, show_label=False)
         with gr.Row():
@@ -241,14 +280,15 @@ def build(store: Store, session: gr.State, tabs: gr.Tabs, visitor_key: gr.Browse
         message = gr.Textbox(show_label=False, interactive=False, elem_id="sessions-message")
 
     filters = [chosen, kind, model, task, since, min_score, cells, session]
-    opened = [run_id, run_json, prompt, *plots, replay_result, share_link]
+    opened = [run_id, run_json, prompt, *plots, replay_result, share_link, run_table, cells_table, replay_shown,
+              replay_table]
     for control in filters[:-1]:
         control.change(partial(run_rows, store), filters, runs, api_name=False)
         control.input(closed_run, None, opened, api_name=False)  # a new filter closes the opened run
     refresh.click(partial(list_sessions, store), session, chosen, api_name="list_sessions").then(
         partial(run_rows, store), filters, runs, api_name="list_runs")
     gr.on([open_button.click, run_id.submit], partial(open_run, store), [run_id, session],
-          [run_json, prompt, *plots], api_name="open_run")
+          [run_json, prompt, *plots, run_table, cells_table], api_name="open_run")
 
     def on_pick(rows, state, evt: gr.SelectData):  # gradio finds the event data by this annotation
         return pick(store, rows, state, evt)
@@ -259,8 +299,9 @@ def build(store: Store, session: gr.State, tabs: gr.Tabs, visitor_key: gr.Browse
     def on_load(key, state, request: gr.Request):
         return on_page_load(store, key, state, request)
 
-    runs.select(on_pick, [runs, session], [run_id, run_json, prompt, *plots], api_name=False)
-    replay_button.click(partial(do_replay, store), [run_id, session], [replay_result, session], api_name="replay",
+    runs.select(on_pick, [runs, session], [run_id, run_json, prompt, *plots, run_table, cells_table], api_name=False)
+    replay_button.click(partial(do_replay, store), [run_id, session], [replay_result, session, replay_shown,
+                                                                       replay_table], api_name="replay",
                         concurrency_id="model")
     rename.click(partial(do_rename, store), [chosen, new_name, session], chosen, api_name="rename_session")
     delete_session_button.click(partial(delete_session, store), [chosen, session], [chosen, message],
@@ -271,4 +312,5 @@ def build(store: Store, session: gr.State, tabs: gr.Tabs, visitor_key: gr.Browse
     import_button.click(partial(do_import, store), [to_import, session], [chosen, message, session],
                         api_name="import_session")
     logging_on.change(set_logging, [logging_on, session], session, api_name=False)
-    return on_load, [visitor_key, session], [visitor_key, session, tabs, chosen, run_id, run_json, prompt, *plots, runs]
+    return on_load, [visitor_key, session], [visitor_key, session, tabs, chosen, run_id, run_json, prompt, *plots,
+                                             run_table, cells_table, runs]

@@ -15,6 +15,7 @@ from engines.studies.sift import (
     SiftResult,
     Sticker,
     benchmark_summary,
+    missing_answer,
     problems,
     query_of,
     run_benchmark,
@@ -25,6 +26,7 @@ from services.run_log import session_for, write_run
 from storage.db import StorageError, Store
 from ui import figures
 from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
+from ui.progress import Clock, seconds_for
 from ui.text import Refusal, warn
 
 STAGE_HEADERS = ["#", "stage", "step", "answer", "agrees", "prompt tokens", "new tokens", "seconds"]
@@ -84,8 +86,10 @@ def sift(tab: SiftTab, context, question, budget, attention_wanted, state, *valu
     query = query_of(context, question)
     loaded = loaded_model(run_config, progress)
     with said_to_user():
-        check_prompt_length(loaded, query)
+        query_tokens = check_prompt_length(loaded, query)
     stages: list[dict] = []
+    # a run makes MAX_CALLS model calls at most and 4 when the first Sticker's answers agree
+    clock = Clock(progress, MAX_CALLS, seconds_for(loaded, run_config, [query_tokens + 200] * 4, int(budget)))
     events = MANAGER.stream(run_config.model, lambda model, should_stop: run_sift(
         model, query, run_config, int(budget), should_stop))
     result = None
@@ -95,6 +99,7 @@ def sift(tab: SiftTab, context, question, budget, attention_wanted, state, *valu
                 result = item
                 break
             stages.append(item.to_dict())
+            clock.step(len(stages), "model calls at most")
             yield {tab.timeline: figures.sift_timeline(stages), tab.stages_table: stage_rows(stages),
                    tab.sticker_card: latest_sticker(stages), tab.answer: f"working: {item.stage}, {item.step}"}
     if result is None:
@@ -106,7 +111,8 @@ def sift(tab: SiftTab, context, question, budget, attention_wanted, state, *valu
     outputs = result.to_dict() | ({"sticker_attention": attention} if attention else {})
     run_id, state = log(tab.store, state, "sift", run_config,
                         {"context": context, "question": question, "budget": int(budget)}, outputs)
-    yield {tab.answer: f"{result.answer} (resolved at: {result.resolved_at}; query alone said "
+    answer = missing_answer(result, int(budget)) or result.answer
+    yield {tab.answer: f"{answer} (resolved at: {result.resolved_at}; query alone said "
                        f"{result.baseline_answer}; {result.tokens} tokens, {result.seconds:.1f} s; run {run_id})",
            tab.timeline: figures.sift_timeline(stages, result.resolved_at), tab.stages_table: stage_rows(stages),
            tab.stages_state: stages, tab.picked: gr.Dropdown(stage_choices(stages), value=None), tab.session: state,

@@ -15,9 +15,10 @@ from engines.config.errors import LabError
 from engines.config.kinds import entries
 from engines.config.policy import limits
 from engines.config.specs import DTYPES, EMBEDDED_MODEL, QUANTS, DecodingSpec, ModelSpec, RunConfig, SpecError
+from engines.decoding.generation import encode
 from engines.model.loading import MANAGER
 from engines.probes.haystack import HaystackError, read_upload
-from engines.probes.runner import SCORE_MODES, run_probe
+from engines.probes.runner import SCORE_MODES, ProbeOutcome, run_probe
 from engines.probes.tasks import load_tasks
 from engines.studies.sweeps import DEPTH_SPACINGS, SweepSpec, check_cells, depth_grid
 from services import visitors
@@ -29,7 +30,8 @@ from storage.db import StorageError, Store
 from ui import figures
 from ui.haystack import PRESET_HAYSTACK, builder_settings
 from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
-from ui.text import Refusal
+from ui.progress import Clock, seconds_for
+from ui.text import Refusal, key_values
 
 IN_PROCESS, RAY = "this process", "Ray cluster"
 TABLE_COLUMNS = ["length", "depth", "seed", "correct", "score", "answer", "prompt_tokens", "key"]
@@ -81,9 +83,11 @@ def plots(jobs: list[SweepJob], value: str, threshold: float | None) -> dict:
                a.rows, lengths, depths, "needle_mass", "Attention mass on the needle (question rows)"),
                visible=True) if a.spec.needle_attention else gr.Plot(visible=False),
            "curve": figures.position_curve(a.rows, value), "length": figures.length_curve(a.rows, threshold, value)}
-    if len(jobs) > 1:
-        out["heat_b"] = figures.sweep_heatmap(jobs[1].rows, lengths, depths, value, "B: " + jobs[1].spec.task)
-        out["diff"] = figures.difference_heatmap(a.rows, jobs[1].rows, lengths, depths, value)
+    compared = len(jobs) > 1
+    out["heat_b"] = gr.Plot(figures.sweep_heatmap(jobs[1].rows, lengths, depths, value, "B: " + jobs[1].spec.task)
+                            if compared else None, visible=compared)
+    out["diff"] = gr.Plot(figures.difference_heatmap(a.rows, jobs[1].rows, lengths, depths, value)
+                          if compared else None, visible=compared)
     return out
 
 
@@ -204,14 +208,26 @@ def resume(tab: SweepTab, sweep_id, threshold, executor, state, progress=gr.Prog
     yield from stream(tab, [job], tab.store, threshold, executor, progress)
 
 
-def show_cell(store: Store | None, ids, rows, evt: gr.SelectData):
-    """The clicked cell's stored record and prompt."""
-    row = rows.iloc[evt.index[0]].to_dict() if hasattr(rows, "iloc") else rows[evt.index[0]]
+def show_cell(store: Store | None, ids, row: dict):
+    """A cell's stored record (as JSON for the attention button, and as a table) and its prompt."""
     job_id = ids[0 if row.get("config", "A") == "A" else 1] if ids else None
     stored = next((r for r in store.sweep_cells(job_id) if r["cell"] == row["key"]), None) if store and job_id else None
     if stored is None:
-        return row, ""
-    return stored["outputs"]["row"] | {"run_id": stored["id"]}, store.get_run(stored["id"])["prompt"]
+        return row, key_values(row), ""
+    record = stored["outputs"]["row"] | {"run_id": stored["id"]}
+    return record, key_values(record), store.get_run(stored["id"])["prompt"]
+
+
+def picked_cell(store: Store | None, ids, rows, picked: str):
+    """The heatmap cell clicked ("length:depth:click time" of sweep A): its first seed's details."""
+    table_rows = rows.to_dict("records") if hasattr(rows, "to_dict") else []
+    length, _, rest = (picked or "").partition(":")
+    depth = rest.partition(":")[0]
+    row = next((r for r in table_rows if r["config"] == "A" and str(r["length"]) == length
+                and f"{float(r['depth']):g}" == depth), None)
+    if row is None:
+        raise Refusal("That cell has not run yet.")
+    return show_cell(store, ids, row)
 
 
 def cell_attention(store: Store | None, cell: dict | None, progress=gr.Progress()):
@@ -224,12 +240,20 @@ def cell_attention(store: Store | None, cell: dict | None, progress=gr.Progress(
     with said_to_user():
         instance = stored_probe(store, run_record, loaded, run_config)
         capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt, instance.question))
-        with MANAGER.lock:
-            *_, outcome = run_probe(loaded, instance, run_record["inputs"]["mode"], run_config, capture=capture)
+        clock = Clock(progress, instance.max_new_tokens,
+                      seconds_for(loaded, run_config, [instance.prompt_tokens], instance.max_new_tokens))
+        for event in MANAGER.stream(run_config.model, lambda model, should_stop: run_probe(
+                model, instance, run_record["inputs"]["mode"], run_config, should_stop, capture=capture)):
+            if isinstance(event, ProbeOutcome):
+                outcome = event
+            else:
+                clock.step(event.index + 1, "new tokens at most")
     views = capture_views(capture, instance)
     title = f"{instance.spec.length} tokens, depth {instance.spec.depth:g}%, answer {outcome.answer!r}"
-    return (figures.attention_profile(views["profile"], list(instance.spans), title=f"Attention ({title})"),
-            figures.layer_head_map(views["needle_mass"]))
+    tokens = [loaded.tokenizer.decode([token]) for token in encode(loaded.tokenizer, instance.prompt)[0].tolist()]
+    return (gr.Plot(figures.attention_profile(views["profile"], list(instance.spans), title=f"Attention ({title})",
+                                              tokens=tokens), visible=True),
+            gr.Plot(figures.layer_head_map(views["needle_mass"]), visible=True))
 
 
 def b_controls() -> list:
@@ -272,21 +296,26 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
         status = gr.Markdown("Set a grid and press **Estimate time** or **Run sweep**.")
         with gr.Row():
             heat_a = gr.Plot(label="Heatmap A", elem_id="sweep-heatmap")
-            heat_b = gr.Plot(label="Heatmap B")
-            diff = gr.Plot(label="B minus A")
+            heat_b = gr.Plot(label="Heatmap B", visible=False)
+            diff = gr.Plot(label="B minus A", visible=False)
         mass_plot = gr.Plot(label="Needle attention mass", visible=False)
         with gr.Row():
             curve = gr.Plot(label="Position curve")
             length_plot = gr.Plot(label="Length curve")
-        cells = gr.Dataframe(headers=TABLE_COLUMNS + ["config"], label="Cells (click a row for its details)",
-                             interactive=False, wrap=True)
+        cells = gr.Dataframe(headers=TABLE_COLUMNS + ["config"], label="Cells (click a row, or a heatmap cell, for "
+                             "its details)", interactive=False, wrap=True)
+        picked = gr.Textbox(elem_id="sweep-picked", elem_classes="lab-hidden", show_label=False)
         with gr.Accordion("Cell details", open=True):
-            detail = gr.JSON(label="Cell")
+            detail = gr.JSON(visible=False)
+            detail_table = gr.Dataframe(headers=["what", "value"], label="Cell", interactive=False, wrap=True,
+                                        elem_id="sweep-cell-table")
             detail_prompt = gr.Textbox(label="Prompt", lines=6, max_lines=20, interactive=False)
-            cell_button = gr.Button("Attention views for this cell", elem_id="sweep-cell-attention")
             with gr.Row():
-                cell_profile = gr.Plot(label="Attention over the context (this cell)")
-                cell_mass = gr.Plot(label="Layer x head mass on the needle (this cell)")
+                cell_button = gr.Button("Attention views for this cell", elem_id="sweep-cell-attention")
+                cell_stop = gr.Button("Cancel", variant="stop")
+            with gr.Row():
+                cell_profile = gr.Plot(label="Attention over the context (this cell)", visible=False)
+                cell_mass = gr.Plot(label="Layer x head mass on the needle (this cell)", visible=False)
         sweep_ids = gr.State([])
 
     tab = SweepTab(status, cells, {"heat_a": heat_a, "heat_b": heat_b, "diff": diff, "curve": curve,
@@ -304,8 +333,11 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
     cancel.click(None, cancels=[event, resumed], api_name=False)
 
     def on_pick(ids, rows, evt: gr.SelectData):  # gradio finds the event data by this annotation
-        return show_cell(store, ids, rows, evt)
+        return show_cell(store, ids, rows.iloc[evt.index[0]].to_dict() if hasattr(rows, "iloc") else rows[evt.index[0]])
 
-    cells.select(on_pick, [sweep_ids, cells], [detail, detail_prompt], api_name=False)
-    cell_button.click(partial(cell_attention, store), detail, [cell_profile, cell_mass],
-                      api_name="sweep_cell_attention", concurrency_id="model")
+    cells.select(on_pick, [sweep_ids, cells], [detail, detail_table, detail_prompt], api_name=False)
+    picked.change(partial(picked_cell, store), [sweep_ids, cells, picked], [detail, detail_table, detail_prompt],
+                 api_name="sweep_pick_cell")
+    attention = cell_button.click(partial(cell_attention, store), detail, [cell_profile, cell_mass],
+                                  api_name="sweep_cell_attention", concurrency_id="model")
+    cell_stop.click(None, cancels=[attention], api_name=False)

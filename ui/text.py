@@ -19,6 +19,25 @@ def warn(message: object) -> None:
     gr.Warning(html.escape(str(message), quote=False))
 
 
-def plain(label: object) -> str:
-    """A label Plotly shows literally (it decodes the entities back to the characters)."""
-    return html.escape(str(label), quote=False)
+def key_values(record: dict) -> list[list[str]]:
+    """A record as rows of (what, value) for a two-column table: numbers rounded, lists joined."""
+    def shown(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, (list, tuple)):
+            return ", ".join(shown(item) for item in value)
+        if isinstance(value, dict):
+            return "; ".join(f"{key}: {shown(item)}" for key, item in value.items())
+        return "" if value is None else str(value)
+    return [[str(key).replace("_", " "), shown(value)] for key, value in record.items()]
+
+
+def verdict_badge(correct: bool | None, expected: list[str], answer: str, score: float | None = None) -> str:
+    """A found / missed badge with the expected answer against the model's, every text escaped."""
+    if correct is None:
+        return ""
+    word, colour = ("found", "#2ca02c") if correct else ("missed", "#d62728")
+    partial = f" (score {score:.2f})" if score is not None and 0 < score < 1 else ""
+    expected_text = html.escape(" | ".join(expected))
+    return (f'<div class="verdict"><span class="verdict-badge" style="background:{colour}">{word}{partial}</span> '
+            f"expected <code>{expected_text}</code>, answered <code>{html.escape(answer.strip()[:300])}</code></div>")

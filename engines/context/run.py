@@ -17,6 +17,8 @@ from engines.config.kinds import lookup
 from engines.config.specs import MaskSpec, RopeSpec
 from engines.context.masks import segment_ids, shared_positions, visible
 from engines.context.rope import rotary_for
+from engines.decoding.generation import encode
+from engines.probes.haystack import prose_sentences
 
 
 def mask_rule(mask: MaskSpec, rotary: torch.nn.Module, spans: list[dict] | None,
@@ -91,6 +93,11 @@ def rope_curves(rope: RopeSpec, base: float, dim: int, trained: int) -> dict[str
     return {"pair": list(range(len(theta))), "ratio": (scaled / theta).clamp(min=1e-12).tolist(),
             "wavelength": (2 * torch.pi / scaled.clamp(min=1e-12)).tolist(), "distance": distance.tolist(),
             "decay": decay.tolist()}
+
+
+def prose_stream(tokenizer, tokens: int) -> torch.Tensor:
+    """Token ids [1, tokens] of one long run of prose: the stream the NLL pictures are measured on."""
+    return encode(tokenizer, " ".join(prose_sentences()[:tokens]))[:, :tokens]
 
 
 @torch.inference_mode()

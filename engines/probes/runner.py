@@ -240,9 +240,9 @@ def full_head_map(loaded: LoadedModel, prompt: str, config: RunConfig, layer: in
 
 
 def masking_effect(loaded: LoadedModel, instance: ProbeInstance, config: RunConfig, heads: list[tuple[int, int]],
-                   seed: int = 0, should_stop: Callable[[], bool] = lambda: False) -> list[dict]:
+                   seed: int = 0, should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
     """The probe as it is, with `heads` given uniform attention, and with as many random other heads
-    masked: each setting's answer, correctness and log-probability of the gold answer."""
+    masked: each setting's answer, correctness and log-probability of the gold answer, as it finishes."""
     import random
 
     model_config = loaded.model.config
@@ -250,15 +250,13 @@ def masking_effect(loaded: LoadedModel, instance: ProbeInstance, config: RunConf
               for head in range(model_config.num_attention_heads) if (layer, head) not in set(heads)]
     settings = [("no heads masked", []), (f"top {len(heads)} retrieval heads masked", heads),
                 (f"{len(heads)} random heads masked (seed {seed})", random.Random(seed).sample(others, len(heads)))]
-    rows = []
     for label, masked in settings:
         if should_stop():
-            break
+            return
         with run_state(loaded.model, config.rope, config.mask, list(instance.spans), instance.prompt_tokens,
                        heads=masked) as positions:
             *_, outcome = probe_events(loaded, instance, "generate", config, should_stop)
             gold = logprob_of(loaded, instance.prompt, instance.logprob_target, instance.logprob_lead,
                               positions=positions)
-        rows.append({"setting": label, "heads": [list(h) for h in masked], "answer": outcome.answer,
-                     "correct": outcome.score.correct, "gold_logprob": gold.logprob})
-    return rows
+        yield {"setting": label, "heads": [list(h) for h in masked], "answer": outcome.answer,
+               "correct": outcome.score.correct, "gold_logprob": gold.logprob}

@@ -282,6 +282,18 @@ def run_sift(loaded: LoadedModel, query: str, config: RunConfig | None = None, b
     yield finish(baseline.answer, "fallback")
 
 
+def missing_answer(result: SiftResult, budget: int) -> str | None:
+    """Why a finished run has no answer, in a sentence a person can act on; None when it has one."""
+    if result.answer is not None:
+        return None
+    step = "query_sticker" if result.resolved_at != "fallback" else "solve"
+    final = next((r for r in reversed(result.stages) if r.step == step), result.stages[0] if result.stages else None)
+    if final is not None and final.new_tokens >= budget:
+        return (f"No answer: the {budget}-token budget per call ran out before the model wrote its answer as "
+                "\\boxed{...}; raise the budget.")
+    return "No answer: the model finished without writing \\boxed{...} or 'the answer is ...'."
+
+
 def run_benchmark(loaded: LoadedModel, config: RunConfig | None = None, limit: int | None = None,
                   budget: int = 192, should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
     """SIFT over the mini benchmark; the query-alone answer (its first stage) is the baseline.

@@ -50,7 +50,7 @@ def test_passkey_probe_in_the_haystack_tab(page, served_app):
     open_tab(page, url, "Haystack")
     page.get_by_label("Target length (prompt tokens)").fill("1000")
     page.locator("#haystack-run").click()
-    page.get_by_text('"correct": true').wait_for()
+    page.locator("#haystack-verdict").get_by_text("found").wait_for()
     run = store.list_runs(kind="probe")[0]
     assert run["task"] == "passkey" and run["correct"] is True
     assert page.get_by_text(run["outputs"]["expected"][0]).count() >= 1
@@ -91,10 +91,10 @@ def test_session_opened_by_link_and_replayed(page, served_app):
 def test_user_text_is_shown_as_text(page, served_app):
     url, _ = served_app
     hostile = '<img src=x onerror="window.__owned=1"><script>window.__owned=2</script>'
-    page.goto(url)
+    open_tab(page, url, "Probe")
     page.locator("#probe-context textarea").fill(hostile + " The capital of France is Paris.")
     page.locator("#probe-run").click()
-    page.get_by_text('"finish"').wait_for()
+    page.locator("#probe-stats").get_by_text("finish", exact=True).wait_for()
     page.get_by_text("Prompt: the exact text fed to the model").click()
     shown = page.locator("#probe-prompt textarea").input_value()
     assert hostile in shown  # the markup is there, as characters
@@ -138,7 +138,7 @@ def test_attention_explorer_full_map_and_head_masking(page, served_app):
     page.get_by_label("Target length (prompt tokens)").fill("600")
     page.locator("#haystack-capture input").check()
     page.locator("#haystack-run").click()
-    page.get_by_text('"correct": true').wait_for()
+    page.locator("#haystack-verdict").get_by_text("found").wait_for()
     page.get_by_text("Explore the captured attention").nth(1).click()
     for element, value in (("#haystack-layer", "3"), ("#haystack-head", "1")):
         page.locator(f"{element} input").click()

@@ -45,8 +45,9 @@ def two_pages(browser, request):  # noqa: F811
 
 
 def probe(page):
+    page.get_by_role("tab", name="Probe").click()
     page.locator("#probe-run").click()
-    page.get_by_text('"finish"').wait_for()
+    page.locator("#probe-stats").get_by_text("finish", exact=True).wait_for()
 
 
 def page_data(page) -> str:

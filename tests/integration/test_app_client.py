@@ -43,11 +43,13 @@ def test_bad_settings_come_back_as_a_sentence(served_app):
 def test_probe_with_attention_capture_shows_and_logs_it(served_app):
     url, store = served_app
     client = Client(url, verbose=False)
-    answer, stats, prompt, status, profile, positions, layer, head, retrieval = client.predict(
+    answer, stats, prompt, status, profile, positions, layer, head, retrieval, probabilities, view, table = client.predict(
         "The capital of France is Paris.", "What is the capital of France? Answer with one word.",
         *{**CONFIG, "capture": True}.values(), api_name="/probe")
     assert "Paris" in answer and profile is not None and positions is not None
     assert layer["value"] == "all" and len(layer["choices"]) == 31 and len(head["choices"]) == 10  # explorer ready
+    assert "background:rgba(255,127,14," in view and "attention 0." in view  # the prompt shaded token by token
+    assert dict(table["data"])["prompt tokens"] == str(stats["prompt_tokens"]) and probabilities is not None
     attention = store.get_run(stats["run_id"])["outputs"]["attention"]
     assert len(attention["profile"]) == stats["prompt_tokens"] and len(attention["layer_position"]) == 30
     assert abs(sum(attention["profile"]) - 1) < 1e-3

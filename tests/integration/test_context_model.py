@@ -89,13 +89,3 @@ def test_context_tab_draws_pictures_and_the_stream(served_app):
     assert client.predict(300, *config, api_name="/context_nll") is not None
     with pytest.raises(Exception, match="out of range"):
         client.predict(2048, *config[:6], "yarn:100", "causal", api_name="/context_pictures")
-
-
-@pytest.mark.slow
-def test_beyond_the_trained_window_preset(served_app):
-    url, _ = served_app
-    client = Client(url, verbose=False)
-    config = ["smollm2-135m-instruct", "none", "nf4", "auto", True, 16, "default", "causal"]
-    result = client.predict("beyond the trained window", *config, api_name="/context_preset")
-    by_setting = {r["setting"]: r["correct"] for r in result["results"]}
-    assert by_setting == {"default RoPE": False, "YaRN x2": True}

@@ -165,6 +165,25 @@ def test_a_benchmark_faithful_task(embedded, registry, monkeypatch):
     assert isinstance(last(run_probe(embedded, instance)).score.correct, bool)
 
 
+def test_a_gallery_card(embedded):
+    """A card written as data runs through the gallery's own study, and its cells are the answers the
+    probe gives on its own."""
+    from services.gallery import Card, result_sentence, run_card
+    from ui.figures import card_figures
+
+    card = Card(name="toy-window", title="A toy", paper="none", claim="none", study="grid", tab="Sweep", differs="",
+                settings={"task": "passkey", "lengths": [400], "depths": [0, 100], "seeds": [3],
+                          "variants": [{"label": "default"}, {"label": "yarn x2", "rope": "yarn:2"}]})
+    step = last(run_card(card, embedded, RunConfig()))
+    assert step.done == step.total == 4 and len(card_figures(card.study, step.data)) == 1
+    for row in step.data["rows"]:
+        rope = RopeSpec.parse("yarn:2" if row["variant"] == "yarn x2" else "default")
+        instance = build_probe(embedded.tokenizer, ProbeSpec("passkey", 400, row["depth"], 3))
+        alone = last(run_probe(embedded, instance, "generate", RunConfig(rope=rope, max_new_tokens=16)))
+        assert row["answer"] == alone.answer and row["correct"] == alone.score.correct
+    assert result_sentence(card, step.data).startswith("Mean score: default ")
+
+
 def test_registry_is_restored_between_tests():
     assert "runner_up" not in entries("decoding") and "even_keys" not in entries("mask")
     with pytest.raises(SpecError, match="Unknown decoding method 'runner_up'. Available: greedy"):

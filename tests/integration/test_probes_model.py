@@ -78,13 +78,19 @@ def test_haystack_tab_through_gradio_client(served_app):
     url, store = served_app
     client = Client(url, verbose=False)
     config = ["smollm2-135m-instruct", "none", "nf4", "auto", True, 32, "default", "causal"]
-    figure, summary, prompt = client.predict("passkey", 1000, 50, 2, "preset", "{}", None, *config,
-                                             api_name="/haystack_build")
+    figure, summary, prompt, table, view = client.predict("passkey", 1000, 50, 2, "preset", "{}", None, *config,
+                                                          api_name="/haystack_build")
     assert abs(summary["prompt_tokens"] - 1000) <= 10 and summary["expected"][0] in prompt
+    rows = dict(table["data"])
+    assert rows["prompt tokens"] == str(summary["prompt_tokens"]) and rows["expected"] == summary["expected"][0]
+    needle = view[view.index('title="needle'):]  # the needle sentence, marked, holds the key
+    assert summary["expected"][0] in needle[:needle.index("</span>")] and "&lt;|im_start|&gt;" in view
     out = client.predict("passkey", 1000, 50, 2, "preset", "{}", None, "generate", False, *config,
                          api_name="/haystack_run")
-    answer, score = out[3], out[4]
+    answer, score, probabilities, verdict, table = out[3], out[4], out[-4], out[-2], out[-1]
     assert score["correct"] is True and summary["expected"][0] in answer
+    assert ">found<" in verdict and f"expected <code>{summary['expected'][0]}</code>" in verdict
+    assert dict(table["data"])["correct"] == "True" and probabilities is not None
     run = store.get_run(score["run_id"])
     assert run["task"] == "passkey" and run["correct"] is True
     assert run["inputs"]["probe"] == {"task": "passkey", "length": 1000, "depth": 50.0, "seed": 2,

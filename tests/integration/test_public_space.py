@@ -139,6 +139,8 @@ def test_every_cap_is_refused_on_its_count_with_memory_flat(space):
         (lambda: client.predict("passkey", 10**9, 50, 1, PRESET_HAYSTACK, "{}", None, "generate", False, *CONFIG,
                                 api_name="/haystack_run"), "at most 4096|choose a smaller length"),
         (lambda: client.predict(*CONFIG, api_name="/load_model"), "nobody switches the loaded model"),
+        (lambda: client.predict(*CONFIG, api_name="/gallery_beyond_the_window"), "at most 4096|choose a smaller length"),
+        (lambda: client.predict(*CONFIG, api_name="/gallery_lm_infinite"), "16,000 tokens; .* at most 4,096"),
         (lambda: client.predict(long_text, "q", FREE_TEXT, 1000, 50, 1, "greedy", *CONFIG, api_name="/decode_compare"),
          "at most 4,096"),
         (lambda: client.predict("c", "q", FREE_TEXT, 1000, 50, 1, "greedy\nbeam:num_beams=16", *CONFIG,

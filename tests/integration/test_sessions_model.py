@@ -84,7 +84,9 @@ def test_opening_a_stored_sweep_needs_no_model_and_is_fast(served_app):
                            {"cells": rows, "effective": {"rule": "85%", "threshold": 0.85}}, {})
     client = Client(url, verbose=False)
     started = time.perf_counter()
-    shown, prompt, heat, curve, lengths, unused = client.predict(run_id, api_name="/open_run")
+    shown, prompt, heat, curve, lengths, unused, table, cells = client.predict(run_id, api_name="/open_run")
     assert time.perf_counter() - started < 1.0
     assert shown["id"] == run_id and heat is not None and curve is not None and lengths is not None
     assert unused.get("visible") is False  # a sweep has three plots; the fourth slot stays hidden
+    assert dict(table["data"])["kind"] == "sweep" and dict(table["data"])["id"] == run_id
+    assert len(cells["value"]["data"]) == 100 and cells["value"]["data"][0][:3] == [1000, 0.0, 1]  # expanded

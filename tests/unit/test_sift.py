@@ -89,3 +89,17 @@ def test_benchmark_summary():
     assert summary["baseline_accuracy"] == 0.5 and summary["sift_accuracy"] == 1.0
     assert summary["resolved_share"] == {"stage 1": 0.5, "stage 2": 0.5, "stage 3": 0.0, "fallback": 0.0}
     assert summary["baseline_tokens_per_item"] == 75.0 and summary["sift_tokens_per_item"] == 400.0
+
+
+def test_a_missing_answer_is_explained():
+    from engines.studies.sift import SiftResult, StageRecord, missing_answer
+
+    def stage(step, new_tokens, answer=None):
+        return StageRecord("fallback" if step == "solve" else "stage 1", step, "p", "Let me think", answer, 10,
+                           new_tokens, 0.1)
+    cut = SiftResult("q", None, "fallback", None, (stage("solve", 64), stage("sticker", 20)))
+    assert "64-token budget per call ran out" in missing_answer(cut, 64)
+    unformatted = SiftResult("q", None, "fallback", None, (stage("solve", 30),))
+    assert "without writing \\boxed" in missing_answer(unformatted, 64)
+    answered = SiftResult("q", "14", "stage 1", "14", (stage("solve", 30, "14"),))
+    assert missing_answer(answered, 64) is None
