@@ -96,13 +96,15 @@ def prefix_chunk_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
 
 
 def rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate already-rotated rows x [b, h, q, d] by `delta` more positions each ([q])."""
+    """Rotate already-rotated rows x [b, h, q, d] by `delta` more positions each ([q]). Only the first
+    2 x len(inv_freq) dimensions turn (models with partial rotary, such as Phi-3, leave the rest)."""
     angles = delta.to(torch.float32)[:, None] * inv_freq.to(torch.float32)[None, :]
     emb = torch.cat([angles, angles], dim=-1)
     cos, sin = emb.cos(), emb.sin()
-    half = x.shape[-1] // 2
-    turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x.float() * cos + turned.float() * sin).to(x.dtype)
+    turning, kept = x[..., :emb.shape[-1]], x[..., emb.shape[-1]:]
+    half = turning.shape[-1] // 2
+    turned = torch.cat([-turning[..., half:], turning[..., :half]], dim=-1)
+    return torch.cat([(turning.float() * cos + turned.float() * sin).to(x.dtype), kept], dim=-1)
 
 
 def _attend(query, key, value, mask, scaling):
@@ -130,20 +132,32 @@ def _window_attention(query, key, value, q_pos, window, scaling, block=512):
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 
 
-def two_branch_attention(module, query, key, value, scaling):
+def window_and_far(rule, own_window: int | None, q_pos: torch.Tensor, k_pos: torch.Tensor, kv_len: int):
+    """A window mask composed with the layer's own sliding window (Mistral, Qwen2, Gemma's local
+    layers): the local window, how many first keys may be seen beyond it, and which (query, key)
+    pairs among those are seen: beyond the local window and, under an own window, inside it."""
+    window = rule.kind.window(rule.spec)
+    if own_window:
+        window = min(window, own_window)
+    count = min(rule.kind.far_keys(rule.spec), kv_len)
+    distance = q_pos[:, None] - k_pos[None, :count]
+    far = (distance >= window) & ((distance < own_window) if own_window else True)
+    return window, count, far
+
+
+def two_branch_attention(module, query, key, value, scaling, own_window: int | None = None):
     """Window masks without a dense mask: a local window with normal RoPE, computed block by block,
     plus the first keys (sinks, Lambda's global keys) where they fall outside the window, merged by
     log-sum-exp. Sinks with re-indexing and Lambda change the distance to those first keys by
-    rotating the query (and, for Lambda, un-rotating the keys). Shapes query [b, h, q, d], key/value
-    [b, h, kv, d] (heads repeated); absolute positions are the cache indices."""
+    rotating the query (and, for Lambda, un-rotating the keys). `own_window` is the layer's own
+    sliding window, which both branches keep to. Shapes query [b, h, q, d], key/value [b, h, kv, d]
+    (heads repeated); absolute positions are the cache indices."""
     rule = current(module.config).rule
     q_len, kv_len = query.shape[2], key.shape[2]
     q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
     k_pos = torch.arange(kv_len, device=query.device)
-    window = rule.kind.window(rule.spec)
+    window, count, far = window_and_far(rule, own_window, q_pos, k_pos, kv_len)
     parts = [_window_attention(query, key, value, q_pos, window, scaling)]
-    count = min(rule.kind.far_keys(rule.spec), kv_len)
-    far = (q_pos[:, None] - k_pos[None, :count] >= window)
     if count and bool(far.any()):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         scores = far_scores(rule, query, key, q_pos, k_pos, count, window, scale).masked_fill(~far, float("-inf"))
@@ -228,21 +242,21 @@ class HeadMapCapture:
         return self.sums / self.counts.clamp(min=1)[:, None]
 
 
-def attention_rows(module, query, key, rows, q_pos, k_pos, scaling, attention_mask) -> torch.Tensor:
+def attention_rows(module, query, key, rows, q_pos, k_pos, scaling, attention_mask,
+                   own_window: int | None = None) -> torch.Tensor:
     """Softmax attention of the query rows `rows` over all keys, exactly as the forward computed it:
-    the mask in use (or causal), and for window masks the far keys at their changed distance.
-    Shapes: query [b, h, q, d], key [b, h, kv, d] (heads repeated); returns [b, h, len(rows), kv]."""
+    the mask in use (or causal, within the layer's own sliding window), and for window masks the far
+    keys at their changed distance. Shapes: query [b, h, q, d], key [b, h, kv, d] (heads repeated);
+    returns [b, h, len(rows), kv]."""
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     q = query[:, :, rows].float()
     scores = q @ key.float().transpose(-1, -2) * scaling
     positions = q_pos[rows]
     rule = current(module.config).rule
     if rule is not None and rule.kind.blockwise:
-        window = rule.kind.window(rule.spec)
+        window, count, far = window_and_far(rule, own_window, positions, k_pos, key.shape[2])
         seen = (k_pos[None, :] <= positions[:, None]) & (positions[:, None] - k_pos[None, :] < window)
-        count = min(rule.kind.far_keys(rule.spec), key.shape[2])
         if count:
-            far = (positions[:, None] - k_pos[None, :count]) >= window
             beyond = far_scores(rule, query[:, :, rows], key, positions, k_pos, count, window, scaling)
             scores[..., :count] = torch.where(far, beyond, scores[..., :count])
             seen = seen.clone()
@@ -250,7 +264,8 @@ def attention_rows(module, query, key, rows, q_pos, k_pos, scaling, attention_ma
     elif attention_mask is not None and attention_mask.dtype == torch.bool:
         seen = attention_mask[0, 0, rows]
     else:
-        seen = k_pos[None, :] <= positions[:, None]
+        seen = (k_pos[None, :] <= positions[:, None]) & (
+            (positions[:, None] - k_pos[None, :] < own_window) if own_window else True)
     return torch.softmax(scores.masked_fill(~seen, float("-inf")), dim=-1)
 
 
@@ -264,7 +279,7 @@ def lab_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, sca
         k_pos = torch.arange(kv_len, device=query.device)
         full_key = repeat_kv(key, groups)
         capture.record(module.layer_idx, q_pos, lambda rows: attention_rows(
-            module, query, full_key, rows, q_pos, k_pos, scaling, attention_mask))
+            module, query, full_key, rows, q_pos, k_pos, scaling, attention_mask, kwargs.get("sliding_window")))
     masked_heads = state.head_mask.get(module.layer_idx)
     if masked_heads:
         out, weights = _lab_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
@@ -288,7 +303,8 @@ def _lab_attention(module, query, key, value, attention_mask, dropout, scaling, 
     rule = current(module.config).rule
     if rule is not None and rule.kind.blockwise:  # on any device: the CPU kernel or the portable path
         groups = getattr(module, "num_key_value_groups", 1)
-        out = two_branch_attention(module, query, repeat_kv(key, groups), repeat_kv(value, groups), scaling)
+        out = two_branch_attention(module, query, repeat_kv(key, groups), repeat_kv(value, groups), scaling,
+                                   kwargs.get("sliding_window"))
         return out.transpose(1, 2).contiguous(), None
     if (attention_path(query.device.type) == "cpu-fused" and dropout == 0.0 and 1 < q_len < kv_len
             and is_causal_after_prefix(attention_mask, q_len, kv_len)):
@@ -300,7 +316,9 @@ def _lab_attention(module, query, key, value, attention_mask, dropout, scaling, 
 
 def lab_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, config=None,
              allow_is_causal_skip=True, **kwargs):
-    """transformers' sdpa mask, unless the model carries a lab mask rule: then a bool mask from it."""
+    """transformers' sdpa mask, unless the model carries a lab mask rule: then a bool mask from it,
+    kept within the layer's own sliding window when transformers builds the mask of sliding layers
+    (it passes the window as `local_size`)."""
     rule = current(config).rule
     if rule is None or rule.kind.blockwise:
         return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
@@ -309,7 +327,10 @@ def lab_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_func
     device = kwargs.get("device", "cpu")
     q = torch.arange(q_offset, q_offset + q_length, device=device)[:, None]
     k = torch.arange(kv_offset, kv_offset + kv_length, device=device)[None, :]
-    return rule.visibility(q, k)[None, None].expand(batch_size, 1, -1, -1)
+    seen = rule.visibility(q, k)
+    if kwargs.get("local_size"):
+        seen = seen & (q - k < kwargs["local_size"])
+    return seen[None, None].expand(batch_size, 1, -1, -1)
 
 
 AttentionInterface.register(LAB_ATTENTION, lab_sdpa_forward)

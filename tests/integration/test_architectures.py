@@ -1,0 +1,192 @@
+"""Beyond Llama: tiny random-weight Qwen2 (full and sliding layers mixed), Mistral (a sliding window
+on every layer) and Phi-3 (half the head dimension rotated) models built from their configs, run
+through the lab's own paths and checked against stock transformers (eager attention, its own RoPE
+scaling, generate()) and against masks written out here. Prompts are longer than the models'
+sliding windows, so the windows bind."""
+import pytest
+import torch
+from transformers import (
+    MistralConfig,
+    MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb
+
+from engines.attention.function import AttentionCapture, rotate
+from engines.config.kinds import entries
+from engines.config.specs import DecodingSpec, MaskSpec, ModelSpec, RopeSpec, RunConfig
+from engines.context.masks import segment_ids, visible
+from engines.context.rope import rope_parameters
+from engines.context.run import run_state
+from engines.decoding.decode import decode
+from engines.decoding.generation import encode
+from engines.model.loading import MANAGER
+from engines.probes.runner import run_probe
+from engines.probes.tasks import ProbeSpec, build_probe
+from engines.studies.sweeps import SweepSpec, build_cells, run_sweep
+
+pytestmark = pytest.mark.model
+WINDOW, TRAINED, LENGTH = 256, 2048, 600
+SHAPES = {
+    "qwen2": (Qwen2ForCausalLM, Qwen2Config, {"rope_theta": 1e6, "sliding_window": WINDOW, "use_sliding_window": True,
+                                              "layer_types": ["full_attention", "sliding_attention"]}),
+    "mistral": (MistralForCausalLM, MistralConfig, {"sliding_window": WINDOW}),
+    "phi3": (Phi3ForCausalLM, Phi3Config, {"partial_rotary_factor": 0.5}),
+}
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, tokenizer):
+    """Each architecture saved with the embedded model's tokenizer, as a person's local model would be."""
+    dirs = {}
+    for name, (model_class, config_class, own) in SHAPES.items():
+        config = config_class(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=TRAINED,
+                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, **own)
+        torch.manual_seed(0)
+        path = tmp_path_factory.mktemp(name)
+        model_class(config).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        dirs[name] = path
+    return dirs
+
+
+def lab_model(model_dirs, name):
+    return MANAGER.get(ModelSpec(model=str(model_dirs[name]), dtype="fp32"))
+
+
+def stock(model_dirs, name, rope: RopeSpec | None = None, loaded=None):
+    """The same weights in plain transformers with eager attention (and its own RoPE scaling)."""
+    model_class, _, _ = SHAPES[name]
+    model = model_class.from_pretrained(model_dirs[name], attn_implementation="eager", dtype=torch.float32)
+    if rope is not None:
+        rotary = loaded.model.model.rotary_emb
+        model.config.rope_parameters = rope_parameters(rope, model.config.rope_parameters["rope_theta"], TRAINED,
+                                                       rotary.inv_freq.shape[0] * 2)
+        model.model.rotary_emb = type(rotary)(config=model.config)
+    return model.eval()
+
+
+def ids_of(length=700):
+    return torch.randint(100, 5000, (1, length), generator=torch.Generator().manual_seed(1))
+
+
+def lab_logits(loaded, ids, rope=RopeSpec(), mask=MaskSpec(), spans=None):
+    with torch.inference_mode(), run_state(loaded.model, rope, mask, spans, ids.shape[1]) as positions:
+        return loaded.model(input_ids=ids, position_ids=positions).logits
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+@pytest.mark.parametrize("rope", ["default", "yarn:2", "linear:2", "dynamic:2"])
+def test_rope_kinds_equal_transformers_own(model_dirs, name, rope):
+    loaded = lab_model(model_dirs, name)
+    spec = RopeSpec.parse(rope)
+    ids = ids_of(2600 if spec.kind == "dynamic" else 700)  # dynamic changes only past the trained length
+    with torch.inference_mode():
+        reference = stock(model_dirs, name, spec if spec.kind != "default" else None, loaded)(input_ids=ids).logits
+    assert torch.allclose(lab_logits(loaded, ids, spec), reference, atol=2e-4)
+
+
+@pytest.mark.parametrize("name", ["mistral", "qwen2"])
+@pytest.mark.parametrize("mask", ["sinks:n_sink=4,window=64", "sliding_window:window=64",
+                                  "sliding_window:window=2000", "sinks:n_sink=4,window=2000"])
+def test_window_masks_keep_to_the_models_own_window(model_dirs, name, mask):
+    """The lab's mask and the layer's own sliding window, both: a key is seen only if both allow it."""
+    loaded, ids = lab_model(model_dirs, name), ids_of()
+    spec = MaskSpec.parse(mask)
+    q, k = torch.arange(700)[:, None], torch.arange(700)[None, :]
+    window, sinks = spec.params["window"], spec.params.get("n_sink", 0)
+    lab_rule = (k <= q) & ((q - k < window) | (k < sinks))
+    model = stock(model_dirs, name)
+    own = (q - k < WINDOW)
+    expected = []
+    for layer_type in getattr(model.config, "layer_types", None) or ["sliding_attention"] * 2:
+        expected.append(lab_rule & own if layer_type == "sliding_attention" else lab_rule)
+    reference = reference_with_masks(model, ids, expected)
+    assert torch.allclose(lab_logits(loaded, ids, mask=spec), reference, atol=2e-4)
+
+
+def reference_with_masks(model, ids, masks: list[torch.Tensor]) -> torch.Tensor:
+    """Eager forward with each layer's bool mask [q, k] given explicitly (a 4D additive mask per layer)."""
+    additive = [torch.zeros(m.shape).masked_fill(~m, torch.finfo(torch.float32).min)[None, None] for m in masks]
+    handles = []
+    for layer, mask in zip(model.model.layers, additive):
+        def pre_hook(module, args, kwargs, mask=mask):
+            return args, kwargs | {"attention_mask": mask}
+        handles.append(layer.self_attn.register_forward_pre_hook(pre_hook, with_kwargs=True))
+    try:
+        with torch.inference_mode():
+            return model(input_ids=ids).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_document_masks_keep_to_the_models_own_window(model_dirs, tokenizer):
+    """Isolated documents on Mistral: the segments rule and the sliding window, both."""
+    loaded = lab_model(model_dirs, "mistral")
+    instance = build_probe(loaded.tokenizer, ProbeSpec("litm_qa", LENGTH, 50, 1), True)
+    ids = encode(loaded.tokenizer, instance.prompt)
+    length = ids.shape[1]
+    q, k = torch.arange(length)[:, None], torch.arange(length)[None, :]
+    segments = segment_ids(length, list(instance.spans))
+    rule = visible(MaskSpec("segments"), q, k, segments) & (q - k < WINDOW)
+    reference = reference_with_masks(stock(model_dirs, "mistral"), ids, [rule, rule])
+    assert torch.allclose(lab_logits(loaded, ids, mask=MaskSpec("segments"), spans=list(instance.spans)), reference,
+                          atol=2e-4)
+
+
+@pytest.mark.parametrize("name", ["mistral", "phi3"])
+def test_capture_equals_eager_attention(model_dirs, name):
+    loaded, ids = lab_model(model_dirs, name), ids_of()
+    rows = [0, 300, 699]
+    capture = AttentionCapture(rows, new_tokens=False)
+    with torch.inference_mode(), run_state(loaded.model, RopeSpec(), MaskSpec(), capture=capture):
+        loaded.model(input_ids=ids)
+    with torch.inference_mode():
+        eager = stock(model_dirs, name)(input_ids=ids, output_attentions=True).attentions
+    for layer, attention in enumerate(eager):  # capture.prompt[layer]: [heads, rows, keys]
+        assert torch.allclose(capture.prompt[layer], attention[0][:, rows], atol=1e-5)
+
+
+def test_re_rotation_turns_only_the_rotated_part(model_dirs):
+    """Window masks move far keys by re-rotating them; on Phi-3 half of each head is not rotated."""
+    loaded = lab_model(model_dirs, "phi3")
+    rotary = loaded.model.model.rotary_emb
+    x = torch.randn(1, 4, 3, 16)
+    at = lambda positions: apply_rotary_pos_emb(x, x, *rotary(x, positions[None]))[0]  # noqa: E731
+    start = torch.tensor([5, 40, 300])
+    moved = rotate(at(start), torch.tensor([7, 100, 1000]), rotary.inv_freq)
+    assert torch.allclose(moved, at(start + torch.tensor([7, 100, 1000])), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_every_decoding_method_runs_and_greedy_equals_generate(model_dirs, name):
+    loaded = lab_model(model_dirs, name)
+    prompt = loaded.tokenizer.decode(ids_of(400)[0])
+    for method in entries("decoding"):
+        *_, result = decode(loaded, prompt, DecodingSpec.parse(method), 6, plain_prompt="Hello")
+        assert result.new_tokens >= 1 and result.finish in ("eos", "length"), method
+        if method == "greedy":
+            ids = encode(loaded.tokenizer, prompt)
+            with torch.inference_mode():
+                generated = stock(model_dirs, name).generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:]
+            assert [t.token_id for t in result.tokens] == generated.tolist()[:len(result.tokens)]
+
+
+@pytest.mark.parametrize("name", ["mistral", "qwen2"])
+def test_a_sweep_shares_prefixes_past_the_window(model_dirs, name):
+    """Cells run with prefix sharing (the cache of sliding layers keeps only the window) answer as
+    cells run alone."""
+    loaded = lab_model(model_dirs, name)
+    config = RunConfig(max_new_tokens=4)
+    spec = SweepSpec("passkey", (LENGTH,), (0.0, 50.0, 100.0))
+    cells = build_cells(loaded.tokenizer, spec, True)
+    shared = [result.row()["answer"] for result in run_sweep(loaded, spec, cells, config=config)]
+    alone = [run_probe(loaded, instance, "generate", config) for _, instance in cells]
+    assert shared == [list(events)[-1].answer for events in alone]
+    assert sum(result.computed_tokens for result in run_sweep(loaded, spec, cells, config=config)) < 3 * LENGTH
