@@ -24,6 +24,7 @@ from engines.model.loading import MANAGER
 from engines.probes.runner import full_head_map
 from ui import figures
 from ui.model_panel import loaded_model, said_to_user
+from ui.prompt_view import token_texts
 from ui.text import Refusal
 
 ALL = "all"
@@ -50,7 +51,7 @@ def captured_state(capture: AttentionCapture, loaded, prompt: str, spans: list[d
     prompt_ids = encode(loaded.tokenizer, prompt)[0].tolist()
     state = {"question": pack(stacked(capture)), "answer": pack(stacked(capture, "answer")) if capture.steps else None,
              "prompt": prompt, "spans": spans, "config": config.to_dict(), "retrieval": None,
-             "tokens": [loaded.tokenizer.decode([token]) for token in prompt_ids]}
+             "tokens": token_texts(loaded.tokenizer, prompt_ids)}
     if answer and capture.steps and len(generated) > 1:
         span = answer_span(loaded.tokenizer, prompt_ids, answer)
         if span is not None:

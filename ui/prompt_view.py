@@ -78,3 +78,8 @@ def token_offsets(tokenizer, prompt: str) -> list[tuple[int, int]]:
     """Each prompt token's character range, as the lab's encoding cuts the prompt."""
     return [tuple(pair) for pair in tokenizer(prompt, add_special_tokens=False,
                                               return_offsets_mapping=True)["offset_mapping"]]
+
+
+def token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """Each token's text (for hover labels)."""
+    return [tokenizer.decode([token]) for token in ids]

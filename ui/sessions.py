@@ -5,7 +5,6 @@ that gives each browser its visitor key and opens ?session=ID, ?run=ID and ?shar
 Everything a visitor can reach goes through services.visitors, which says what is theirs."""
 from __future__ import annotations
 
-import html
 import json
 import tempfile
 from datetime import datetime
@@ -21,7 +20,7 @@ from services import visitors
 from services.replay import replay
 from storage.db import RUN_KINDS, Store
 from ui import figures
-from ui.text import Refusal, key_values
+from ui.text import Refusal, badge, key_values
 
 CELL_COLUMNS = ["length", "depth", "seed", "correct", "score", "answer", "expected"]
 RUN_COLUMNS = ["when", "kind", "task", "length", "depth", "question", "answer", "score", "correct", "model", "id"]
@@ -133,10 +132,9 @@ def do_replay(store: Store, rid, state, progress=gr.Progress()):
 
 
 def replay_badge(result: dict) -> str:
-    word, colour = ("identical", "#2ca02c") if result["identical"] else ("differs", "#d62728")
     new_id = result.get("replay_run_id") or result.get("replay_sweep_id")
-    return (f'<div class="verdict"><span class="verdict-badge" style="background:{colour}">{word}</span> replay of '
-            f"<code>{html.escape(result['run_id'])}</code>, logged as <code>{html.escape(str(new_id))}</code></div>")
+    return badge(result["identical"], "identical" if result["identical"] else "differs",
+                 [("replay of", result["run_id"]), ("logged as", str(new_id))])
 
 
 def do_rename(store: Store, session_id, name, state):

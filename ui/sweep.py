@@ -31,6 +31,7 @@ from ui import figures
 from ui.haystack import PRESET_HAYSTACK, builder_settings
 from ui.model_panel import ConfigInputs, Panel, describe_loaded, loaded_model, said_to_user
 from ui.progress import Clock, seconds_for
+from ui.prompt_view import token_texts
 from ui.text import Refusal, key_values
 
 IN_PROCESS, RAY = "this process", "Ray cluster"
@@ -250,7 +251,7 @@ def cell_attention(store: Store | None, cell: dict | None, progress=gr.Progress(
                 clock.step(event.index + 1, "new tokens at most")
     views = capture_views(capture, instance)
     title = f"{instance.spec.length} tokens, depth {instance.spec.depth:g}%, answer {outcome.answer!r}"
-    tokens = [loaded.tokenizer.decode([token]) for token in encode(loaded.tokenizer, instance.prompt)[0].tolist()]
+    tokens = token_texts(loaded.tokenizer, encode(loaded.tokenizer, instance.prompt)[0].tolist())
     return (gr.Plot(figures.attention_profile(views["profile"], list(instance.spans), title=f"Attention ({title})",
                                               tokens=tokens), visible=True),
             gr.Plot(figures.layer_head_map(views["needle_mass"]), visible=True))

@@ -32,12 +32,17 @@ def key_values(record: dict) -> list[list[str]]:
     return [[str(key).replace("_", " "), shown(value)] for key, value in record.items()]
 
 
+def badge(good: bool, word: str, pairs: list[tuple[str, str]]) -> str:
+    """A green or red badge followed by "label <code>value</code>" pairs, every value escaped."""
+    colour = "#2ca02c" if good else "#d62728"
+    rest = ", ".join(f"{label} <code>{html.escape(value)}</code>" for label, value in pairs)
+    return f'<div class="verdict"><span class="verdict-badge" style="background:{colour}">{word}</span> {rest}</div>'
+
+
 def verdict_badge(correct: bool | None, expected: list[str], answer: str, score: float | None = None) -> str:
-    """A found / missed badge with the expected answer against the model's, every text escaped."""
+    """A found / missed badge with the expected answer against the model's."""
     if correct is None:
         return ""
-    word, colour = ("found", "#2ca02c") if correct else ("missed", "#d62728")
     partial = f" (score {score:.2f})" if score is not None and 0 < score < 1 else ""
-    expected_text = html.escape(" | ".join(expected))
-    return (f'<div class="verdict"><span class="verdict-badge" style="background:{colour}">{word}{partial}</span> '
-            f"expected <code>{expected_text}</code>, answered <code>{html.escape(answer.strip()[:300])}</code></div>")
+    return badge(correct, ("found" if correct else "missed") + partial,
+                 [("expected", " | ".join(expected)), ("answered", answer.strip()[:300])])
