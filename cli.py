@@ -14,7 +14,7 @@ import psutil
 from sqlalchemy.exc import SQLAlchemyError
 
 from engines.attention.function import AttentionCapture, attention_path
-from engines.attention.views import context_profile, question_positions, stacked
+from engines.attention.views import context_profile, layer_labels, question_positions, stacked
 from engines.config.errors import LabError
 from engines.config.kinds import FAMILIES, catalogue, entries
 from engines.config.paths import ASSETS
@@ -179,7 +179,8 @@ def captured(capture: AttentionCapture | None, loaded, prompt: str) -> dict[str,
     matrix = stacked(capture)
     return {"capture": {"rows": capture.positions,
                         "rows_text": loaded.tokenizer.decode([ids[i] for i in capture.positions]),
-                        "layers": len(capture.prompt), "answer_rows": len(capture.steps), "bytes": capture.bytes,
+                        "layers": len(capture.prompt), "layer_labels": layer_labels(loaded.model.config),
+                        "answer_rows": len(capture.steps), "bytes": capture.bytes,
                         "profile": [round(v, 6) for v in context_profile(matrix)]}}
 
 

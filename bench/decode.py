@@ -32,7 +32,7 @@ def _never_stop(logits, outputs, ids):
     from engines.decoding.generation import pick_greedy
 
     logits = logits.clone()
-    logits[0:3] = float("-inf")  # SmolLM2's special tokens, EOS among them
+    logits[0:3] = float("-inf")  # the special tokens of SmolLM2 and Gemma 3, EOS among them
     return pick_greedy(logits, outputs, ids)
 
 

@@ -12,13 +12,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines.attention.function import AttentionCapture
-from engines.attention.views import answer_span, retrieval_scores, step_attention, top_heads
+from engines.attention.views import (
+    answer_span,
+    layer_labels,
+    question_positions,
+    retrieval_scores,
+    span_mass,
+    stacked,
+    step_attention,
+    top_heads,
+)
 from engines.config.paths import ASSETS
-from engines.config.policy import limits
+from engines.config.policy import check_model, limits
 from engines.config.specs import DecodingSpec, MaskSpec, RopeSpec, RunConfig, SpecError
 from engines.context.run import prose_stream, token_nll
 from engines.decoding.generation import encode, format_prompt
-from engines.model.loading import LoadedModel
+from engines.model.loading import MANAGER, LoadedModel
 from engines.probes.runner import masking_effect, max_prompt_tokens, run_free, run_probe
 from engines.probes.tasks import ProbeSpec, build_probe, get_task
 from engines.studies.conflicts import conflict_summary, run_conflicts
@@ -107,6 +116,39 @@ def _axes(s: dict, variants: list[dict]) -> dict:
     return {"lengths": s["lengths"], "depths": s["depths"], "variants": [v["label"] for v in variants]}
 
 
+def models_study(loaded: LoadedModel, base: RunConfig, s: dict, should_stop) -> Iterator[Step]:
+    """The same grid on each model (lengths in each model's own tokens, the needle at the same depth of
+    the same text), then one far needle with the question's attention captured: the mass on the needle
+    per layer, which on a model with local and global layers only the global ones can reach. The model
+    the panel chose runs last, so it is the one left loaded."""
+    names = s["models"]
+    for name in names:
+        check_model(name)  # a public Space serves only the models its operator lists
+    per_model = len(s["lengths"]) * len(s["depths"]) * len(s["seeds"])
+    check_cells(per_model * len(names), f"This card's grid of {per_model * len(names)} cells")
+    data: dict = {"rows": [], "layer_mass": {}, "lengths": s["lengths"], "depths": s["depths"], "variants": names}
+    total = (per_model + 1) * len(names)
+    for name in sorted(names, key=lambda n: n == loaded.spec.model):
+        model = MANAGER.get(dataclasses.replace(loaded.spec, model=name))
+        config = dataclasses.replace(base, model=model.spec, max_new_tokens=get_task(s["task"]).max_new_tokens)
+        spec = SweepSpec(s["task"], tuple(s["lengths"]), tuple(s["depths"]), tuple(s["seeds"]))
+        cells = build_cells(model.tokenizer, spec, config.chat_template, max_tokens=max_prompt_tokens(model))
+        for result in run_sweep(model, spec, cells, should_stop, config):
+            data["rows"] = data["rows"] + [result.row() | {"variant": name}]
+            yield Step(len(data["rows"]) + len(data["layer_mass"]), total, data)
+        instance = build_probe(model.tokenizer, ProbeSpec(s["task"], seed=s["seeds"][0], **s["far"]),
+                               config.chat_template, max_tokens=max_prompt_tokens(model))
+        capture = AttentionCapture(question_positions(model.tokenizer, instance.prompt, instance.question),
+                                   new_tokens=False)
+        *_, outcome = run_probe(model, instance, "generate", config, should_stop, capture=capture)
+        per_head = span_mass(stacked(capture), instance.needle_token_spans)
+        data["layer_mass"] = data["layer_mass"] | {name: {
+            "mass": [round(sum(heads) / len(heads), 5) for heads in per_head],
+            "layers": layer_labels(model.model.config), "found": outcome.score.correct,
+            "needle_distance": instance.prompt_tokens - instance.needle_token_spans[0][1]}}
+        yield Step(len(data["rows"]) + len(data["layer_mass"]), total, data)
+
+
 def nll_study(loaded: LoadedModel, base: RunConfig, s: dict, should_stop) -> Iterator[Step]:
     """Per-token NLL over one prose stream under each setting (the StreamingLLM picture)."""
     if s["tokens"] > max_prompt_tokens(loaded):
@@ -181,8 +223,19 @@ def sift_study(loaded: LoadedModel, base: RunConfig, s: dict, should_stop) -> It
             yield Step(0, 1, {"stages": stages, "gold": problem["answer"]})
 
 
+def _mass_by_kind(far: dict) -> str:
+    """The question's mean attention mass on the far needle per layer, local and global layers apart."""
+    kinds: dict[str, list[float]] = {}
+    for index, mass in enumerate(far["mass"]):
+        kind = far["layers"][index].split()[-1] if far["layers"] else "global"
+        kinds.setdefault(kind, []).append(mass)
+    found = "found" if far["found"] else "missed"
+    return found + ", mass on it per layer " + ", ".join(
+        f"{sum(v) / len(v):.4f} in {len(v)} {kind} layers" for kind, v in sorted(kinds.items()))
+
+
 STUDIES: dict[str, Callable[..., Iterator[Step]]] = {
-    "grid": grid_study, "nll": nll_study, "heads": heads_study, "conflicts": conflicts_study,
+    "grid": grid_study, "models": models_study, "nll": nll_study, "heads": heads_study, "conflicts": conflicts_study,
     "decode": decode_study, "sift": sift_study}
 
 
@@ -212,6 +265,19 @@ def result_sentence(card: Card, data: dict) -> str:
             text += (f"; {data['variants'][0]} by depth "
                      + " / ".join(f"{d:g}%: {v:.0%}" for d, v in sorted(curve.items())))
         return text + f" ({len(rows)} probes)."
+    if card.study == "models":
+        found = []
+        for name in data["variants"]:
+            by_length = {}
+            for row in data["rows"]:
+                if row["variant"] == name:
+                    by_length.setdefault(row["length"], []).append(row["score"])
+            if by_length:
+                found.append(f"{name} " + ", ".join(f"{length:,}: {sum(v) / len(v):.0%}"
+                                                     for length, v in sorted(by_length.items())))
+        return ("Found, by prompt length: " + "; ".join(found) + f" ({len(data['rows'])} probes)." + "".join(
+            f" Needle {far['needle_distance']:,} tokens back, {name}: {_mass_by_kind(far)}."
+            for name in data["variants"] if (far := data["layer_mass"].get(name))))
     if card.study == "nll":
         means = {label: sum(c[-len(c) // 4:]) / max(1, len(c) // 4) for label, c in data["curves"].items()}
         return "Mean NLL over the last quarter of the stream: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()) + "."

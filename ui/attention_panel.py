@@ -11,6 +11,7 @@ from engines.attention.function import AttentionCapture
 from engines.attention.views import (
     answer_span,
     context_profile,
+    layer_labels,
     layer_position,
     pack,
     retrieval_scores,
@@ -51,7 +52,7 @@ def captured_state(capture: AttentionCapture, loaded, prompt: str, spans: list[d
     prompt_ids = encode(loaded.tokenizer, prompt)[0].tolist()
     state = {"question": pack(stacked(capture)), "answer": pack(stacked(capture, "answer")) if capture.steps else None,
              "prompt": prompt, "spans": spans, "config": config.to_dict(), "retrieval": None,
-             "tokens": token_texts(loaded.tokenizer, prompt_ids)}
+             "tokens": token_texts(loaded.tokenizer, prompt_ids), "layers": layer_labels(loaded.model.config)}
     if answer and capture.steps and len(generated) > 1:
         span = answer_span(loaded.tokenizer, prompt_ids, answer)
         if span is not None:
@@ -97,7 +98,8 @@ def sliced_positions(state: dict | None, log: bool):
     if not state:
         return None
     matrix = unpack(state["question"])
-    return figures.layer_position_map(layer_position(matrix), matrix.shape[-1], log=log, tokens=state.get("tokens"))
+    return figures.layer_position_map(layer_position(matrix), matrix.shape[-1], log=log, tokens=state.get("tokens"),
+                                      layers=state.get("layers"))
 
 
 def full_map(current, layer_value, head_value, log_value, progress=gr.Progress()):
@@ -145,5 +147,5 @@ def shown_after_run(panel: AttentionPanel, state: dict) -> dict:
     retrieval = None
     if state["retrieval"]:
         retrieval = figures.layer_head_map(state["retrieval"], "Retrieval score per head (copy-paste rule)",
-                                           value="score")
+                                           value="score", layers=state.get("layers"))
     return {panel.state: state, panel.layer: layer, panel.head: head, panel.retrieval_plot: retrieval}

@@ -9,6 +9,7 @@ import gradio as gr
 from engines.attention.state import current
 from engines.config.kinds import entries
 from engines.config.specs import MaskSpec, RopeSpec
+from engines.context.rope import rope_geometry
 from engines.context.run import mask_grid, prose_stream, rope_curves, token_nll
 from engines.model.loading import MANAGER
 from engines.probes.haystack import ASSETS
@@ -36,14 +37,12 @@ def pictures(length, *values):
     run_config = panel.config()
     if length is None or not 16 <= int(length) <= 1_000_000:
         raise Refusal("The picture length must be between 16 and 1,000,000 tokens.")
-    base, dim, trained = 1e5, 64, 8192  # the embedded model's, unless a model is loaded
+    base, dim, trained, layers = 1e5, 64, 8192, "every layer"  # the embedded model's, unless one is loaded
     if MANAGER.loaded is not None:
         model = MANAGER.loaded.model
-        original = current(model.config).original_rotary or model.model.rotary_emb
-        base = original.config.rope_parameters["rope_theta"]
-        dim, trained = original.inv_freq.shape[0] * 2, original.original_max_seq_len
+        base, dim, trained, layers = rope_geometry(current(model.config).original_rotary or model.model.rotary_emb)
     rows, positions = mask_grid(run_config.mask, int(length), trained=trained)
-    curves = {"default": rope_curves(RopeSpec(), base, dim, trained)}
+    curves = {f"default ({layers}, theta {base:g})": rope_curves(RopeSpec(), base, dim, trained)}
     if run_config.rope.kind != "default":
         curves[panel.rope or "chosen"] = rope_curves(run_config.rope, base, dim, trained)
     ratio, wave, decay = figures.rope_curves(curves, trained, run_config.rope.factor)

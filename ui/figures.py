@@ -186,8 +186,9 @@ def run_figures(run: dict) -> list[go.Figure]:
     attention = outputs.get("attention")
     if attention:
         figs.append(attention_profile(attention["profile"], outputs.get("spans", [])))
-        figs.append(layer_head_map(attention["needle_mass"]) if "needle_mass" in attention else
-                    layer_position_map(attention["layer_position"], len(attention["profile"])))
+        layers = attention.get("layers")
+        figs.append(layer_head_map(attention["needle_mass"], layers=layers) if "needle_mass" in attention else
+                    layer_position_map(attention["layer_position"], len(attention["profile"]), layers=layers))
     return figs
 
 
@@ -269,28 +270,36 @@ def _coloured(z: list[list[float]], log: bool) -> tuple[list[list[float]], str]:
 
 
 def layer_head_map(mass: list[list[float]], title: str = "Attention mass on the needle", log: bool = False,
-                   value: str = "mass") -> go.Figure:
+                   value: str = "mass", layers: list[str] | None = None) -> go.Figure:
+    """Layers down, heads across; `layers` labels local and global layers where a model mixes them."""
     z, scale = _coloured(mass, log)
     scale = scale.replace("mass", value)
-    fig = go.Figure(go.Heatmap(z=z, colorscale="Viridis", colorbar=dict(title=scale), customdata=mass,
+    fig = go.Figure(go.Heatmap(z=z, y=layers, colorscale="Viridis", colorbar=dict(title=scale), customdata=mass,
                                hovertemplate="layer %{y}, head %{x}: %{customdata:.4f}<extra></extra>"))
-    fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", height=420,
-                      margin=dict(l=60, r=10, t=50, b=40))
+    fig.update_layout(title=_layer_note(title, layers), xaxis_title="head", yaxis_title="layer", height=420,
+                      margin=dict(l=70, r=10, t=50, b=40))
     return fitted(fig)
 
 
+def _layer_note(title: str, layers: list[str] | None) -> str:
+    if not layers:
+        return title
+    return title + "<br><sup>local layers see a sliding window; global layers see the whole prompt</sup>"
+
+
 def layer_position_map(rows: list[list[float]], keys: int, log: bool = False,
-                       tokens: list[str] | None = None) -> go.Figure:
-    """Attention mass per layer over binned key positions; the centre token's text on hover."""
+                       tokens: list[str] | None = None, layers: list[str] | None = None) -> go.Figure:
+    """Attention mass per layer over binned key positions; the centre token's text on hover; local and
+    global layers labelled where a model mixes them."""
     bins = len(rows[0]) if rows else 1
     z, scale = _coloured(rows, log)
     centres = [min(keys - 1, round((b + 0.5) * keys / bins)) for b in range(bins)]
     labels = _token_labels(tokens, centres) or [""] * bins
-    fig = go.Figure(go.Heatmap(z=z, x=centres, colorscale="Viridis", customdata=rows, colorbar=dict(title=scale),
-                               text=[labels] * len(rows),
+    fig = go.Figure(go.Heatmap(z=z, x=centres, y=layers, colorscale="Viridis", customdata=rows,
+                               colorbar=dict(title=scale), text=[labels] * len(rows),
                                hovertemplate="layer %{y}, around token %{x} %{text}: %{customdata:.4f}<extra></extra>"))
-    fig.update_layout(title="Attention mass by layer and position (binned)", xaxis_title="key position",
-                      yaxis_title="layer", height=380, margin=dict(l=60, r=10, t=50, b=40))
+    fig.update_layout(title=_layer_note("Attention mass by layer and position (binned)", layers),
+                      xaxis_title="key position", yaxis_title="layer", height=380, margin=dict(l=70, r=10, t=50, b=40))
     return fitted(fig)
 
 
@@ -454,6 +463,22 @@ def variant_bars(rows: list[dict], variants: list[str], value: str = "score") ->
     return fitted(fig)
 
 
+def layer_mass_bars(models: dict[str, dict]) -> go.Figure:
+    """Per layer, the question's attention mass on a far needle, one colour per model and layer kind."""
+    fig = go.Figure()
+    for name, far in models.items():
+        labels = far["layers"] or [f"{i} global" for i in range(len(far["mass"]))]
+        for kind in ("global", "local"):
+            chosen = [(i, m) for i, (label, m) in enumerate(zip(labels, far["mass"])) if label.endswith(kind)]
+            if chosen:
+                fig.add_trace(go.Bar(x=[i for i, _ in chosen], y=[m for _, m in chosen], name=plain(f"{name}, {kind}"),
+                                     hovertemplate="layer %{x}: %{y:.4f}<extra>" + plain(f"{name}, {kind}") + "</extra>"))
+    fig.update_layout(title="Question's attention on a far needle, per layer", barmode="group", height=340,
+                      xaxis=dict(title="layer"), yaxis=dict(title="mass (mean over heads)"),
+                      margin=dict(l=60, r=10, t=50, b=40), legend=dict(orientation="h", y=-0.25))
+    return fitted(fig)
+
+
 def masking_bars(rows: list[dict]) -> go.Figure:
     """The gold answer's log-probability with no heads, the top retrieval heads, or random heads masked."""
     fig = go.Figure(go.Bar(x=[plain(r["setting"]) for r in rows], y=[r["gold_logprob"] for r in rows],
@@ -489,6 +514,10 @@ def card_figures(study: str, data: dict) -> list[go.Figure]:
         if len(data["depths"]) > 1:
             return [variant_curves(rows, variants)]
         return [variant_bars(rows, variants)]
+    if study == "models":
+        heatmaps = [sweep_heatmap([r for r in data["rows"] if r["variant"] == name], data["lengths"], data["depths"],
+                                  "score", f"{name}: score by length and depth") for name in data["variants"]]
+        return heatmaps + [layer_mass_bars(data["layer_mass"])]
     if study == "nll":
         return [nll_stream(data["curves"])]
     if study == "heads":

@@ -9,7 +9,7 @@ from functools import partial
 import gradio as gr
 
 from engines.attention.function import AttentionCapture
-from engines.attention.views import capture_views, question_positions, top_heads
+from engines.attention.views import capture_views, layer_labels, question_positions, top_heads
 from engines.config.kinds import entries
 from engines.model.loading import MANAGER
 from engines.probes.haystack import HaystackError, read_upload
@@ -137,7 +137,7 @@ def run(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, m
     flow = run_logged(
         run_config.model, lambda model, should_stop: run_probe(model, instance, mode, run_config, should_stop,
                                                                capture=capture),
-        (lambda: capture_views(capture, instance)) if capture else None,
+        (lambda: capture_views(capture, instance, layer_labels(loaded.model.config))) if capture else None,
         lambda outcome, extra: log_probe(log_to, session_id, run_config, loaded, outcome, extra=extra))
     with said_to_user():
         finished = yield from streamed(tab.run, flow, capture, spans)

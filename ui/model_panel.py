@@ -16,7 +16,7 @@ from engines.config.kinds import entries
 from engines.config.policy import allowed_models, limits, public_mode
 from engines.config.specs import (
     DTYPES,
-    EMBEDDED_MODEL,
+    EMBEDDED_MODELS,
     QUANT_4BIT_TYPES,
     QUANTS,
     DecodingSpec,
@@ -112,8 +112,10 @@ def describe_loaded() -> str:
     info = loaded.describe()
     return (f"**Loaded:** `{info['model']}` on **{info['device']}**, dtype **{info['dtype_reason']}**, "
             f"quantization **{info['quant']}** | {info['layers']} layers x {info['heads']} heads, "
-            f"{info['max_positions']} positions | load {info['load_seconds']} s | "
-            f"memory {info['footprint_mb']} MB")
+            f"{info['max_positions']} positions, {info['layer_kinds']} | load {info['load_seconds']} s | "
+            f"memory {info['footprint_mb']} MB"
+            + ("" if info["chat_template"] else " | a base model: no chat template, prompts are raw text")
+            + (f"\n\n{info['notice']}" if info["notice"] else ""))
 
 
 def load(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding,
@@ -141,13 +143,14 @@ def build() -> ConfigInputs:
     """Render the panel (an accordion above the tabs, closed to one line) and wire its Load button."""
     auto_note = ("this CPU has fast bfloat16 (AMX/AVX512-BF16), so auto picks **bf16**, 3-5x faster than fp32"
                  if cpu_supports_bf16() else "auto picks fp32 on this CPU (no fast bfloat16)")
-    choices = allowed_models() if public_mode() else [EMBEDDED_MODEL]
+    choices = allowed_models() if public_mode() else list(EMBEDDED_MODELS)
     with gr.Accordion(summary_line(choices[0], "none", "nf4", "auto", True, 32, "default", "causal",
                                    "greedy"), open=False, elem_id="model-panel") as accordion:
         with gr.Row():
             model = gr.Dropdown(choices, value=choices[0], allow_custom_value=True, label="Model", scale=3,
                                 info="The models this Space serves (its operator chooses them)" if public_mode()
-                                else "The embedded model, a Hub id (owner/name) or a local directory")
+                                else "An embedded model (gemma3-270m: Gemma 3 270M base, 32K window, under the "
+                                "Gemma Terms of Use), a Hub id (owner/name) or a local directory")
             quant = gr.Radio(list(QUANTS), value="none", label="Quantization (bitsandbytes)")
             quant_4bit_type = gr.Radio(list(QUANT_4BIT_TYPES), value="nf4", label="4-bit type")
             dtype = gr.Radio(list(DTYPES), value="auto", label="dtype", info=auto_note)

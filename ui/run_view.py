@@ -56,10 +56,11 @@ def shown_views(view: RunView, finished: Finished, capture, loaded, prompt: str,
     tokens = state["tokens"]
     shown = {view.profile_plot: gr.Plot(figures.attention_profile(views["profile"], spans, tokens=tokens), visible=True),
              view.position_plot: gr.Plot(figures.layer_position_map(views["layer_position"], prompt_tokens,
-                                                                    tokens=tokens), visible=True),
+                                                                    tokens=tokens, layers=state["layers"]), visible=True),
              view.prompt_view: highlighted(prompt, spans, views["profile"], token_offsets(loaded.tokenizer, prompt))}
     if view.mass_plot is not None:
-        shown[view.mass_plot] = gr.Plot(figures.layer_head_map(views["needle_mass"]), visible=True)
+        shown[view.mass_plot] = gr.Plot(figures.layer_head_map(views["needle_mass"], layers=state["layers"]),
+                                        visible=True)
     if view.segment_plot is not None:
         shown[view.segment_plot] = gr.Plot(figures.segment_bars(views["segments"]), visible=True)
     return shown | attention_panel.shown_after_run(view.panel, state)

@@ -10,11 +10,11 @@ from typing import NamedTuple
 import gradio as gr
 
 from engines.attention.function import AttentionCapture
-from engines.attention.views import capture_views, question_positions
+from engines.attention.views import capture_views, layer_labels, question_positions
 from engines.config.errors import LabError
 from engines.config.kinds import entries
 from engines.config.policy import limits
-from engines.config.specs import DTYPES, EMBEDDED_MODEL, QUANTS, DecodingSpec, ModelSpec, RunConfig, SpecError
+from engines.config.specs import DTYPES, EMBEDDED_MODEL, EMBEDDED_MODELS, QUANTS, DecodingSpec, ModelSpec, RunConfig, SpecError
 from engines.decoding.generation import encode
 from engines.model.loading import MANAGER
 from engines.probes.haystack import HaystackError, read_upload
@@ -76,16 +76,24 @@ def status_line(jobs: list[SweepJob], started: float, done_now: int, estimated: 
     return f"**{finished}/{total} cells**, elapsed {elapsed:.0f} s, remaining {eta} | sweep ids {ids}{warnings}"
 
 
+def heat_title(jobs: list[SweepJob], index: int) -> str:
+    """'A: passkey', with each model named when A and B run different models (lengths are then in each
+    model's own tokens)."""
+    job = jobs[index]
+    models = {j.config.model.model for j in jobs}
+    return f"{'AB'[index]}: {job.spec.task}" + (f" on {job.config.model.model}" if len(models) > 1 else "")
+
+
 def plots(jobs: list[SweepJob], value: str, threshold: float | None) -> dict:
     a = jobs[0]
     lengths, depths = a.spec.lengths, a.spec.depths
-    out = {"heat_a": figures.sweep_heatmap(a.rows, lengths, depths, value, "A: " + a.spec.task),
+    out = {"heat_a": figures.sweep_heatmap(a.rows, lengths, depths, value, heat_title(jobs, 0)),
            "mass": gr.Plot(figures.sweep_heatmap(
                a.rows, lengths, depths, "needle_mass", "Attention mass on the needle (question rows)"),
                visible=True) if a.spec.needle_attention else gr.Plot(visible=False),
            "curve": figures.position_curve(a.rows, value), "length": figures.length_curve(a.rows, threshold, value)}
     compared = len(jobs) > 1
-    out["heat_b"] = gr.Plot(figures.sweep_heatmap(jobs[1].rows, lengths, depths, value, "B: " + jobs[1].spec.task)
+    out["heat_b"] = gr.Plot(figures.sweep_heatmap(jobs[1].rows, lengths, depths, value, heat_title(jobs, 1))
                             if compared else None, visible=compared)
     out["diff"] = gr.Plot(figures.difference_heatmap(a.rows, jobs[1].rows, lengths, depths, value)
                           if compared else None, visible=compared)
@@ -249,19 +257,20 @@ def cell_attention(store: Store | None, cell: dict | None, progress=gr.Progress(
                 outcome = event
             else:
                 clock.step(event.index + 1, "new tokens at most")
-    views = capture_views(capture, instance)
+    views = capture_views(capture, instance, layer_labels(loaded.model.config))
     title = f"{instance.spec.length} tokens, depth {instance.spec.depth:g}%, answer {outcome.answer!r}"
     tokens = token_texts(loaded.tokenizer, encode(loaded.tokenizer, instance.prompt)[0].tolist())
     return (gr.Plot(figures.attention_profile(views["profile"], list(instance.spans), title=f"Attention ({title})",
                                               tokens=tokens), visible=True),
-            gr.Plot(figures.layer_head_map(views["needle_mass"]), visible=True))
+            gr.Plot(figures.layer_head_map(views["needle_mass"], layers=views["layers"]), visible=True))
 
 
 def b_controls() -> list:
     """Configuration B's inputs (compare, model, quantization, dtype, chat template, decoding)."""
     with gr.Accordion("A/B: run the same sweep under a second configuration", open=False), gr.Row():
         return [gr.Checkbox(False, label="Also run configuration B"),
-                gr.Dropdown([EMBEDDED_MODEL], value=EMBEDDED_MODEL, allow_custom_value=True, label="B model"),
+                gr.Dropdown(list(EMBEDDED_MODELS), value=EMBEDDED_MODEL, allow_custom_value=True, label="B model",
+                            info="another model runs the same grid in its own tokens"),
                 gr.Radio(list(QUANTS), value="none", label="B quantization"),
                 gr.Radio(list(DTYPES), value="fp32", label="B dtype"),
                 gr.Checkbox(True, label="B applies the chat template"),

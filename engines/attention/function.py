@@ -1,9 +1,11 @@
 """The lab's attention function, registered with transformers under the name `lab_sdpa`.
 
-It is transformers' sdpa with one change: when a chunk of queries follows a cached prefix under a
-plain causal mask (a prompt continuing a shared prefix), it attends to the prefix without a mask and
-to itself with the fused causal kernel, and merges the two by their log-sum-exp. A masked kernel
-would compute every query x key pair; this skips the masked half of the chunk's own block.
+It is transformers' sdpa with two changes on the CPU: when a chunk of queries follows a cached prefix
+under a plain causal mask (a prompt continuing a shared prefix), it attends to the prefix without a
+mask and to itself with the fused causal kernel, and merges the two by their log-sum-exp (a masked
+kernel would compute every query x key pair; this skips the masked half of the chunk's own block);
+and a sliding-window layer's prefill (Mistral, Gemma's local layers) runs block by block over each
+block's window of keys instead of the whole prompt under a dense mask.
 
 Window masks run block by block, merged by log-sum-exp, on any device: with torch's fused CPU kernel
 on the CPU, and with plain torch ops elsewhere (`attention_path`); nothing falls back to plain causal.
@@ -151,7 +153,8 @@ def two_branch_attention(module, query, key, value, scaling, own_window: int | N
     log-sum-exp. Sinks with re-indexing and Lambda change the distance to those first keys by
     rotating the query (and, for Lambda, un-rotating the keys). `own_window` is the layer's own
     sliding window, which both branches keep to. Shapes query [b, h, q, d], key/value [b, h, kv, d]
-    (heads repeated); absolute positions are the cache indices."""
+    (heads repeated); absolute positions are the cache indices (the lab's cache keeps every key, also
+    on sliding layers, engines/decoding/cache.py)."""
     rule = current(module.config).rule
     q_len, kv_len = query.shape[2], key.shape[2]
     q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
@@ -160,22 +163,24 @@ def two_branch_attention(module, query, key, value, scaling, own_window: int | N
     parts = [_window_attention(query, key, value, q_pos, window, scaling)]
     if count and bool(far.any()):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        scores = far_scores(rule, query, key, q_pos, k_pos, count, window, scale).masked_fill(~far, float("-inf"))
+        scores = far_scores(rule, rule.inv_freq(module), query, key, q_pos, k_pos, count, window, scale)
+        scores = scores.masked_fill(~far, float("-inf"))
         lse = torch.logsumexp(scores, dim=-1)  # -inf for a row that sees no far key
         weights = torch.exp(scores - lse[..., None]).nan_to_num()
         parts.append(((weights @ value[:, :, :count].float()).to(query.dtype), lse))
     return merge_by_lse(parts)
 
 
-def far_scores(rule, query, key, q_pos, k_pos, count, window, scaling):
+def far_scores(rule, inv_freq, query, key, q_pos, k_pos, count, window, scaling):
     """Scores [b, h, q, count] of the queries against the first `count` keys at the distance the mask
-    kind gives them beyond the window: a rotation per query, per key, or per (query, key) pair."""
+    kind gives them beyond the window: a rotation per query, per key, or per (query, key) pair, with the
+    layer's frequencies `inv_freq`."""
     q_delta, k_delta = rule.kind.far_rotation(rule.spec, q_pos, k_pos, count, window)
-    keys = key[:, :, :count] if k_delta is None else rotate(key[:, :, :count], k_delta, rule.inv_freq)
+    keys = key[:, :, :count] if k_delta is None else rotate(key[:, :, :count], k_delta, inv_freq)
     if q_delta is None or q_delta.dim() == 1:
-        queries = query if q_delta is None else rotate(query, q_delta, rule.inv_freq)
+        queries = query if q_delta is None else rotate(query, q_delta, inv_freq)
         return queries.float() @ keys.float().transpose(-1, -2) * scaling
-    columns = [(rotate(query, q_delta[:, j], rule.inv_freq).float() * keys[:, :, j:j + 1].float()).sum(-1)
+    columns = [(rotate(query, q_delta[:, j], inv_freq).float() * keys[:, :, j:j + 1].float()).sum(-1)
                for j in range(count)]
     return torch.stack(columns, dim=-1) * scaling
 
@@ -257,7 +262,8 @@ def attention_rows(module, query, key, rows, q_pos, k_pos, scaling, attention_ma
         window, count, far = window_and_far(rule, own_window, positions, k_pos, key.shape[2])
         seen = (k_pos[None, :] <= positions[:, None]) & (positions[:, None] - k_pos[None, :] < window)
         if count:
-            beyond = far_scores(rule, query[:, :, rows], key, positions, k_pos, count, window, scaling)
+            beyond = far_scores(rule, rule.inv_freq(module), query[:, :, rows], key, positions, k_pos, count, window,
+                                scaling)
             scores[..., :count] = torch.where(far, beyond, scores[..., :count])
             seen = seen.clone()
             seen[:, :count] |= far
@@ -309,6 +315,14 @@ def _lab_attention(module, query, key, value, attention_mask, dropout, scaling, 
     if (attention_path(query.device.type) == "cpu-fused" and dropout == 0.0 and 1 < q_len < kv_len
             and is_causal_after_prefix(attention_mask, q_len, kv_len)):
         out = prefix_chunk_attention(query, key, value, scaling)
+        return out.transpose(1, 2).contiguous(), None
+    own_window = kwargs.get("sliding_window")
+    if (rule is None and own_window and attention_path(query.device.type) == "cpu-fused" and dropout == 0.0
+            and q_len == kv_len > 2 * own_window and query.shape[0] == 1):
+        # a sliding layer's fresh prefill: only each block's window of keys, not a dense L x L mask
+        groups = getattr(module, "num_key_value_groups", 1)
+        out, _ = _window_attention(query, repeat_kv(key, groups), repeat_kv(value, groups),
+                                   torch.arange(q_len, device=query.device), own_window, scaling)
         return out.transpose(1, 2).contiguous(), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                   scaling=scaling, **kwargs)

@@ -22,10 +22,13 @@ class MaskRule:
     visibility: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
     rotary: torch.nn.Module
 
-    @property
-    def inv_freq(self) -> torch.Tensor:
-        """Read at call time: dynamic RoPE swaps its frequencies once a sequence passes the trained length."""
-        return self.rotary.inv_freq
+    def inv_freq(self, module: torch.nn.Module) -> torch.Tensor:
+        """The frequencies of the attention `module`'s layer, read at call time: dynamic RoPE swaps them
+        once a sequence passes the trained length, and Gemma 3 rotates local and global layers apart."""
+        from engines.context.rope import layer_inv_freq
+
+        types = getattr(module.config, "layer_types", None)
+        return layer_inv_freq(self.rotary, types[module.layer_idx] if types else None)
 
 
 @dataclass(frozen=True)

@@ -136,11 +136,20 @@ def top_heads(scores: list[list[float]], count: int) -> list[tuple[int, int]]:
     return [divmod(i, len(scores[0])) for i in torch.topk(flat, count).indices.tolist()]
 
 
-def capture_views(capture: AttentionCapture, instance) -> dict:
+def capture_views(capture: AttentionCapture, instance, layers: list[str] | None = None) -> dict:
     """What the attention views of a probe show, small enough to log: the question rows' attention
     over the context (mean over layers and heads), the layer x head mass on the needles, the layer x
-    position map and the mass per segment."""
+    position map, the mass per segment and, on models with local and global layers, their labels."""
     matrix = stacked(capture)
     return {"profile": context_profile(matrix), "needle_mass": span_mass(matrix, instance.needle_token_spans),
             "layer_position": layer_position(matrix), "segments": segment_mass(matrix, list(instance.spans)),
-            "rows": capture.positions, "captured_bytes": capture.bytes}
+            "rows": capture.positions, "captured_bytes": capture.bytes, "layers": layers}
+
+
+def layer_labels(config) -> list[str] | None:
+    """'5 global', '6 local', ... for a model whose layers mix full attention and a sliding window
+    (Gemma 3, Qwen2 with sliding layers); None when every layer is alike."""
+    types = getattr(config, "layer_types", None)
+    if not types or len(set(types)) == 1:
+        return None
+    return [f"{i} {'local' if t == 'sliding_attention' else 'global'}" for i, t in enumerate(types)]

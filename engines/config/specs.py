@@ -15,6 +15,8 @@ from engines.config.errors import SpecError
 from engines.config.kinds import Kind, Setting, lookup, parse_kind
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+SECOND_EMBEDDED_MODEL = "gemma3-270m"  # a base model with a 32K window, local and global layers
+EMBEDDED_MODELS = (EMBEDDED_MODEL, SECOND_EMBEDDED_MODEL)
 QUANTS = ("none", "8bit", "4bit")
 DTYPES = ("auto", "bf16", "fp32", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -101,39 +103,51 @@ def _number(value: float) -> str:
 
 
 FACTOR = Setting("factor", "float", 1.0, "the scale s: how many times the trained length to reach", 0.0, 64.0)
+LAYERS = Setting("layers", "str", "all", "on a model with its own RoPE per layer type (Gemma 3): the layers that "
+                 "take the kind, all, global (full attention) or local (sliding window)",
+                 choices=("all", "global", "local"))
 
 
 @dataclass(frozen=True)
 class RopeSpec(KindSpec):
-    """A RoPE setting: kind, factor s and the kind's own settings ('yarn:2,beta_fast=16')."""
+    """A RoPE setting: kind, factor s, the kind's own settings and, on models with a RoPE per layer type,
+    the layers it applies to ('yarn:2,beta_fast=16,layers=global')."""
 
     family: ClassVar[str] = "rope"
     kind: str = "default"
     factor: float = 1.0
     params: dict = field(default_factory=dict)
+    layers: str = "all"
 
     def __post_init__(self):
         factor = FACTOR.read(self.factor, "RoPE")
         if factor <= 0:
             raise SpecError(f"RoPE factor {self.factor} is out of range: give a number above 0 and at most 64.")
         object.__setattr__(self, "factor", factor)
+        object.__setattr__(self, "layers", LAYERS.read(self.layers, "RoPE"))
         self._check()
 
     @property
     def label(self) -> str:
-        return self._label(_number(self.factor) if self.factor != 1 else "")
+        label = self._label(_number(self.factor) if self.factor != 1 else "")
+        if self.layers == "all":
+            return label
+        return label + ("," if ":" in label else ":") + f"layers={self.layers}"
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "factor": self.factor, "params": dict(self.params)}
+        """Without `layers` when it is all, so records written before it existed read the same."""
+        layers = {} if self.layers == "all" else {"layers": self.layers}
+        return {"kind": self.kind, "factor": self.factor, "params": dict(self.params)} | layers
 
     @classmethod
     def from_dict(cls, data: dict) -> RopeSpec:
-        return cls(data.get("kind", "default"), data.get("factor", 1.0), dict(data.get("params", {})))
+        return cls(data.get("kind", "default"), data.get("factor", 1.0), dict(data.get("params", {})),
+                   data.get("layers", "all"))
 
     @classmethod
     def parse(cls, text: str | None) -> RopeSpec:
         kind, params = parse_kind(text, "rope", "default", lead="factor")
-        return cls(kind, params.pop("factor", 1.0), params)
+        return cls(kind, params.pop("factor", 1.0), params, params.pop("layers", "all"))
 
 
 @dataclass(frozen=True)

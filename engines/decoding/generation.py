@@ -59,15 +59,22 @@ def format_prompt(tokenizer, context: str, question: str, chat_template: bool = 
     """The exact text fed to the model: context, a blank line, the question.
 
     With the chat template it is one user turn and `answer_prefix` opens the assistant turn;
-    without it the raw text ends in a newline and then the prefix.
+    without it (or for a base model, which has none) the raw text ends in a newline and then the prefix.
     """
     user = f"{context}\n\n{question}" if context else question
     if chat_template and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": user}],
                                              add_generation_prompt=True, tokenize=False)
     else:
-        text = user + "\n"
+        text = raw_start(tokenizer) + user + "\n"
     return text + answer_prefix
+
+
+def raw_start(tokenizer) -> str:
+    """What a raw-text prompt opens with: the BOS token when the tokenizer puts one before plain text
+    (Gemma needs it; SmolLM2's tokenizer adds none), since `encode` adds no special tokens."""
+    bos = tokenizer.bos_token_id
+    return tokenizer.bos_token if bos is not None and tokenizer("a").input_ids[:1] == [bos] else ""
 
 
 def encode(tokenizer, text: str) -> torch.Tensor:

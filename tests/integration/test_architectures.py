@@ -1,11 +1,14 @@
 """Beyond Llama: tiny random-weight Qwen2 (full and sliding layers mixed), Mistral (a sliding window
-on every layer) and Phi-3 (half the head dimension rotated) models built from their configs, run
+on every layer), Phi-3 (half the head dimension rotated) and Gemma 3 (local and global layers, each
+with its own RoPE) models built from their configs, run
 through the lab's own paths and checked against stock transformers (eager attention, its own RoPE
 scaling, generate()) and against masks written out here. Prompts are longer than the models'
 sliding windows, so the windows bind."""
 import pytest
 import torch
 from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     MistralConfig,
     MistralForCausalLM,
     Phi3Config,
@@ -16,6 +19,7 @@ from transformers import (
 from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb
 
 from engines.attention.function import AttentionCapture, rotate
+from engines.config.errors import SpecError
 from engines.config.kinds import entries
 from engines.config.specs import DecodingSpec, MaskSpec, ModelSpec, RopeSpec, RunConfig
 from engines.context.masks import segment_ids, visible
@@ -24,7 +28,7 @@ from engines.context.run import run_state
 from engines.decoding.decode import decode
 from engines.decoding.generation import encode
 from engines.model.loading import MANAGER
-from engines.probes.runner import run_probe
+from engines.probes.runner import run_free, run_probe
 from engines.probes.tasks import ProbeSpec, build_probe
 from engines.studies.sweeps import SweepSpec, build_cells, run_sweep
 
@@ -35,7 +39,10 @@ SHAPES = {
                                               "layer_types": ["full_attention", "sliding_attention"]}),
     "mistral": (MistralForCausalLM, MistralConfig, {"sliding_window": WINDOW}),
     "phi3": (Phi3ForCausalLM, Phi3Config, {"partial_rotary_factor": 0.5}),
+    "gemma3": (Gemma3ForCausalLM, Gemma3TextConfig, {"head_dim": 16, "sliding_window": WINDOW,
+                                                     "layer_types": ["sliding_attention", "full_attention"]}),
 }
+GEMMA_THETAS = {"sliding_attention": 1e4, "full_attention": 1e6}  # Gemma3TextConfig's defaults
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +71,17 @@ def stock(model_dirs, name, rope: RopeSpec | None = None, loaded=None):
     model_class, _, _ = SHAPES[name]
     model = model_class.from_pretrained(model_dirs[name], attn_implementation="eager", dtype=torch.float32)
     if rope is not None:
-        rotary = loaded.model.model.rotary_emb
-        model.config.rope_parameters = rope_parameters(rope, model.config.rope_parameters["rope_theta"], TRAINED,
-                                                       rotary.inv_freq.shape[0] * 2)
-        model.model.rotary_emb = type(rotary)(config=model.config)
+        rotary = type(loaded.model.model.rotary_emb)
+        if name == "gemma3":  # written out: the chosen layer types scaled, the others at their own theta
+            scaled = {"all": GEMMA_THETAS, "global": ["full_attention"], "local": ["sliding_attention"]}[rope.layers]
+            model.config.rope_parameters = {
+                t: rope_parameters(rope, theta, TRAINED, 16) if t in scaled else {"rope_type": "default",
+                                                                                   "rope_theta": theta}
+                for t, theta in GEMMA_THETAS.items()}
+        else:
+            model.config.rope_parameters = rope_parameters(rope, model.config.rope_parameters["rope_theta"], TRAINED,
+                                                           loaded.model.model.rotary_emb.inv_freq.shape[0] * 2)
+        model.model.rotary_emb = rotary(config=model.config)
     return model.eval()
 
 
@@ -91,7 +105,40 @@ def test_rope_kinds_equal_transformers_own(model_dirs, name, rope):
     assert torch.allclose(lab_logits(loaded, ids, spec), reference, atol=2e-4)
 
 
-@pytest.mark.parametrize("name", ["mistral", "qwen2"])
+@pytest.mark.parametrize("rope", ["yarn:2,layers=global", "linear:4,layers=local", "dynamic:2,layers=global"])
+def test_gemma_scales_the_chosen_layer_types_only(model_dirs, rope):
+    """Gemma 3 rotates local layers at theta 10K and global ones at 1M: a kind applied to one type
+    leaves the other as it was, as transformers computes it from per-type rope_parameters."""
+    loaded = lab_model(model_dirs, "gemma3")
+    spec = RopeSpec.parse(rope)
+    ids = ids_of(2600 if spec.kind == "dynamic" else 700)
+    with torch.inference_mode():
+        reference = stock(model_dirs, "gemma3", spec, loaded)(input_ids=ids).logits
+    logits = lab_logits(loaded, ids, spec)
+    assert torch.allclose(logits, reference, atol=2e-4)
+    assert not torch.allclose(logits, lab_logits(loaded, ids), atol=1e-3)
+
+
+def test_a_model_without_rope_is_refused_with_a_sentence(tmp_path, tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from engines.model.loading import ModelError
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    before = MANAGER.loaded
+    with pytest.raises(ModelError, match="has no rotary position embedding"):
+        MANAGER.get(ModelSpec(model=str(tmp_path), dtype="fp32"))
+    assert (MANAGER.loaded.spec if MANAGER.loaded else None) == (before.spec if before else None)  # kept
+
+
+def test_layer_types_are_refused_where_every_layer_rotates_alike(model_dirs):
+    loaded = lab_model(model_dirs, "qwen2")
+    with pytest.raises(SpecError, match="needs a model with its own RoPE per layer type"):
+        lab_logits(loaded, ids_of(50), RopeSpec.parse("yarn:2,layers=global"))
+
+
+@pytest.mark.parametrize("name", ["mistral", "qwen2", "gemma3"])
 @pytest.mark.parametrize("mask", ["sinks:n_sink=4,window=64", "sliding_window:window=64",
                                   "sliding_window:window=2000", "sinks:n_sink=4,window=2000"])
 def test_window_masks_keep_to_the_models_own_window(model_dirs, name, mask):
@@ -126,6 +173,45 @@ def reference_with_masks(model, ids, masks: list[torch.Tensor]) -> torch.Tensor:
             handle.remove()
 
 
+@pytest.mark.parametrize("name", ["mistral", "gemma3"])
+def test_decoding_past_the_window_under_a_window_mask(model_dirs, name):
+    """Once a sliding layer's cache keeps only its window, the first cached key is no sink: new tokens
+    under sinks + window equal a full forward with each layer's mask written out, token by token."""
+    loaded = lab_model(model_dirs, name)
+    spec, prompt_ids = MaskSpec.parse("sinks:n_sink=4,window=64"), ids_of(LENGTH)
+    prompt = loaded.tokenizer.decode(prompt_ids[0])
+    *_, result = run_free(loaded, prompt, RunConfig(mask=spec, max_new_tokens=4))
+    ids, model = encode(loaded.tokenizer, prompt), stock(model_dirs, name)
+    types = getattr(model.config, "layer_types", None) or ["sliding_attention"] * 2
+    for token in result.tokens:
+        n = ids.shape[1]
+        q, k = torch.arange(n)[:, None], torch.arange(n)[None, :]
+        rule = (k <= q) & ((q - k < 64) | (k < 4))
+        logits = reference_with_masks(model, ids, [rule & (q - k < WINDOW) if t == "sliding_attention" else rule
+                                                   for t in types])
+        assert token.token_id == int(logits[0, -1].argmax())
+        ids = torch.cat([ids, torch.tensor([[token.token_id]])], dim=1)
+
+
+@pytest.mark.parametrize("name", ["mistral", "gemma3"])
+def test_captured_answer_rows_cover_every_key(model_dirs, name):
+    """Rows captured while decoding past the window: every layer's row spans the whole sequence (keys a
+    sliding layer no longer holds weigh 0) and equals eager attention at that position."""
+    loaded = lab_model(model_dirs, name)
+    prompt = loaded.tokenizer.decode(ids_of(LENGTH)[0])
+    capture = AttentionCapture([LENGTH - 1])
+    *_, result = run_free(loaded, prompt, RunConfig(max_new_tokens=4), capture=capture)
+    ids = torch.cat([encode(loaded.tokenizer, prompt), torch.tensor([[t.token_id for t in result.tokens]])], dim=1)
+    with torch.inference_mode():
+        eager = stock(model_dirs, name)(input_ids=ids, output_attentions=True).attentions
+    prompt_length = ids.shape[1] - len(result.tokens)
+    for step, rows in enumerate(capture.steps):  # step j: the query fed at position prompt_length + j
+        position = prompt_length + step
+        for layer, row in rows.items():
+            assert row.shape[-1] == position + 1
+            assert torch.allclose(row, eager[layer][0, :, position, :position + 1], atol=1e-5)
+
+
 def test_document_masks_keep_to_the_models_own_window(model_dirs, tokenizer):
     """Isolated documents on Mistral: the segments rule and the sliding window, both."""
     loaded = lab_model(model_dirs, "mistral")
@@ -140,7 +226,7 @@ def test_document_masks_keep_to_the_models_own_window(model_dirs, tokenizer):
                           atol=2e-4)
 
 
-@pytest.mark.parametrize("name", ["mistral", "phi3"])
+@pytest.mark.parametrize("name", ["mistral", "phi3", "gemma3"])
 def test_capture_equals_eager_attention(model_dirs, name):
     loaded, ids = lab_model(model_dirs, name), ids_of()
     rows = [0, 300, 699]
@@ -164,6 +250,21 @@ def test_re_rotation_turns_only_the_rotated_part(model_dirs):
     assert torch.allclose(moved, at(start + torch.tensor([7, 100, 1000])), atol=1e-4)
 
 
+@pytest.mark.parametrize("layer", [0, 1])
+def test_re_rotation_uses_the_layers_own_frequencies(model_dirs, layer):
+    """On Gemma 3 a far key moves by the frequencies of its layer's type (theta 10K local, 1M global)."""
+    from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb as gemma_rotary
+
+    from engines.context.rope import layer_inv_freq
+
+    loaded = lab_model(model_dirs, "gemma3")
+    rotary, layer_type = loaded.model.model.rotary_emb, loaded.model.config.layer_types[layer]
+    x = torch.randn(1, 4, 3, 16)
+    at = lambda positions: gemma_rotary(x, x, *rotary(x, positions[None], layer_type))[0]  # noqa: E731
+    start, delta = torch.tensor([5, 40, 300]), torch.tensor([7, 100, 1000])
+    assert torch.allclose(rotate(at(start), delta, layer_inv_freq(rotary, layer_type)), at(start + delta), atol=1e-4)
+
+
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_every_decoding_method_runs_and_greedy_equals_generate(model_dirs, name):
     loaded = lab_model(model_dirs, name)
@@ -178,9 +279,9 @@ def test_every_decoding_method_runs_and_greedy_equals_generate(model_dirs, name)
             assert [t.token_id for t in result.tokens] == generated.tolist()[:len(result.tokens)]
 
 
-@pytest.mark.parametrize("name", ["mistral", "qwen2"])
+@pytest.mark.parametrize("name", ["mistral", "qwen2", "gemma3"])
 def test_a_sweep_shares_prefixes_past_the_window(model_dirs, name):
-    """Cells run with prefix sharing (the cache of sliding layers keeps only the window) answer as
+    """Cells run with prefix sharing (the lab's cache keeps every key, sliding layers too) answer as
     cells run alone."""
     loaded = lab_model(model_dirs, name)
     config = RunConfig(max_new_tokens=4)

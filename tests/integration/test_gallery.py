@@ -15,7 +15,7 @@ from services.gallery import card_named, cards, result_sentence
 ROOT = Path(__file__).resolve().parent.parent.parent
 PAPERS = {"needle-in-a-haystack", "lost-in-the-middle", "beyond-the-window", "attention-sinks", "lm-infinite",
           "retrieval-heads", "needle-threading", "context-aware-decoding", "diverse-beam", "sift",
-          "position-bias-masks", "counting-stars"}
+          "position-bias-masks", "counting-stars", "architectures"}
 CONFIG = ["smollm2-135m-instruct", "none", "nf4", "auto", True, 32, "default", "causal", "greedy"]
 
 
@@ -76,3 +76,15 @@ def test_beyond_the_window_card_live_matches_its_stored_result(served_app):
     stored = card_named("beyond-the-window").stored()["data"]
     assert sentence.endswith(result_sentence(card_named("beyond-the-window"), stored))
     assert "default RoPE 0%" in sentence and "YaRN x2 100%" in sentence
+
+
+def test_the_architectures_card_loads_only_models_the_space_serves(embedded, monkeypatch):
+    """Its study loads a second model; on a public Space that serves only SmolLM2 it refuses before any work."""
+    from engines.config.errors import SpecError
+    from engines.config.specs import RunConfig
+    from services.gallery import run_card
+
+    monkeypatch.setenv("CONTEXT_LAB_PUBLIC", "1")
+    monkeypatch.delenv("CONTEXT_LAB_MODELS", raising=False)
+    with pytest.raises(SpecError, match="This Space serves only smollm2-135m-instruct"):
+        next(run_card(card_named("architectures"), embedded, RunConfig()))

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import torch
 
+from engines.config.errors import SpecError
 from engines.config.kinds import Kind, lookup
 from engines.config.specs import RopeSpec
 
@@ -49,24 +50,66 @@ def rope_parameters(spec: RopeSpec, base: float, trained: int, dim: int) -> dict
             "original_max_position_embeddings": trained} | kind.transformers_parameters(spec, dim)
 
 
+LAYER_TYPES = {"all": ("full_attention", "sliding_attention"), "global": ("full_attention",),
+               "local": ("sliding_attention",)}
+
+
+def frequency_sets(rotary: torch.nn.Module) -> dict[str | None, tuple[torch.Tensor, dict]]:
+    """The rotary module's frequencies and rope_parameters per layer type: one set keyed None for most
+    models, one per layer type for models that rotate local and global layers differently (Gemma 3)."""
+    types = getattr(rotary, "layer_types", None)
+    if types is None:
+        return {None: (rotary.inv_freq, rotary.config.rope_parameters)}
+    return {t: (getattr(rotary, f"{t}_inv_freq"), rotary.config.rope_parameters[t]) for t in types}
+
+
+def rope_geometry(rotary: torch.nn.Module) -> tuple[float, int, int, str]:
+    """Base, rotated dimension, trained length and which layers they describe, for the pictures: on a
+    model with a RoPE per layer type, its global layers' (the ones that reach far)."""
+    sets = frequency_sets(rotary)
+    layer_type = "full_attention" if "full_attention" in sets else next(iter(sets))
+    inv_freq, params = sets[layer_type]
+    return params["rope_theta"], inv_freq.shape[0] * 2, rotary.original_max_seq_len, (
+        "global layers" if layer_type else "every layer")
+
+
+def layer_inv_freq(rotary: torch.nn.Module, layer_type: str | None) -> torch.Tensor:
+    """The live frequencies that rotate a layer of `layer_type` (dynamic RoPE swaps them past L)."""
+    sets = frequency_sets(rotary)
+    return sets[layer_type if layer_type in sets else None][0]
+
+
 def rotary_for(original: torch.nn.Module, spec: RopeSpec) -> torch.nn.Module:
     """The rotary embedding module for `spec`, built beside the model's `original` one (which the
-    default kind returns as it is)."""
+    default kind returns as it is). On a model with a RoPE per layer type, `spec.layers` chooses the
+    types that take the kind; the others keep theirs."""
+    sets = frequency_sets(original)
+    if None in sets and spec.layers != "all":
+        raise SpecError(f"RoPE layers={spec.layers} needs a model with its own RoPE per layer type (such as Gemma 3); "
+                        "this model rotates every layer alike, so leave layers out.")
     if spec.kind == "default":
         return original
     kind = lookup("rope", spec.kind)
-    base = original.config.rope_parameters["rope_theta"]
     trained = original.original_max_seq_len
-    dim = original.inv_freq.shape[0] * 2
+    chosen = [t for t in sets if t is None or t in LAYER_TYPES[spec.layers]]
     config = copy.deepcopy(original.config)
-    if kind.transformers_type:
-        config.rope_parameters = rope_parameters(spec, base, trained, dim)
-    else:
-        config.rope_parameters = {"rope_type": "default", "rope_theta": base}
-    rotary = type(original)(config=config).to(original.inv_freq.device)
+    for layer_type in chosen:
+        inv_freq, params = sets[layer_type]
+        base, dim = params["rope_theta"], inv_freq.shape[0] * 2
+        new = rope_parameters(spec, base, trained, dim) if kind.transformers_type else {
+            "rope_type": "default", "rope_theta": base}
+        if layer_type is None:
+            config.rope_parameters = new
+        else:
+            config.rope_parameters[layer_type] = new
+    device = next(iter(sets.values()))[0].device
+    rotary = type(original)(config=config).to(device)
     if not kind.transformers_type:
-        inv_freq, attention = kind.frequencies(spec, base, dim, trained, None)
-        rotary.inv_freq = inv_freq.float().to(original.inv_freq.device)
-        rotary.original_inv_freq = rotary.inv_freq.clone()
-        rotary.attention_scaling = attention
+        for layer_type in chosen:
+            inv_freq, params = sets[layer_type]
+            scaled, attention = kind.frequencies(spec, params["rope_theta"], inv_freq.shape[0] * 2, trained, None)
+            prefix = f"{layer_type}_" if layer_type else ""
+            setattr(rotary, f"{prefix}inv_freq", scaled.float().to(device))
+            setattr(rotary, f"{prefix}original_inv_freq", scaled.float().to(device))
+            setattr(rotary, f"{prefix}attention_scaling", attention)
     return rotary
