@@ -29,6 +29,7 @@ from engines.config.specs import (
     RopeSpec,
     RunConfig,
     SpecError,
+    TransformSpec,
 )
 from engines.decoding.generation import encode, format_prompt
 from engines.model.loading import MANAGER, console_progress, resolve_source
@@ -83,6 +84,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                         f"(kinds: {', '.join(entries('rope'))}; python app.py kinds describes them)")
     parser.add_argument("--mask", default="causal", help="attention mask KIND[:key=value,...], e.g. "
                         f"sinks:n_sink=4,window=1024 (kinds: {', '.join(entries('mask'))})")
+    parser.add_argument("--transform", default="none", help="context transform KIND[:key=value,...], e.g. jrt or "
+                        f"jrt:times=3 (kinds: {', '.join(entries('transform'))})")
     parser.add_argument("--session", help="log into this session id (default: a new session)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -100,7 +103,7 @@ def config_from_args(args: argparse.Namespace, default_new_tokens: int) -> RunCo
     method = args.method[0] if isinstance(args.method, list) else args.method
     return RunConfig(model=spec, chat_template=not args.no_chat_template, max_new_tokens=new_tokens,
                      rope=RopeSpec.parse(args.rope), mask=MaskSpec.parse(args.mask),
-                     decoding=DecodingSpec.parse(method or "greedy"))
+                     decoding=DecodingSpec.parse(method or "greedy"), transform=TransformSpec.parse(args.transform))
 
 
 def _store() -> Store:
@@ -150,7 +153,8 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
         raise SpecError("--question is empty: give the question to ask about the context (or use --task).")
     config = config_from_args(args, default_new_tokens=32)
     loaded = MANAGER.get(config.model, first_use_progress)
-    prompt = format_prompt(loaded.tokenizer, args.context, args.question, config.chat_template)
+    prompt = format_prompt(loaded.tokenizer, args.context, args.question, config.chat_template,
+                           transform=config.transform)
     plain = format_prompt(loaded.tokenizer, "", args.question, config.chat_template)
     check_prompt_length(loaded, prompt)
     capture = capture_for(args, loaded, prompt, args.question)
@@ -163,7 +167,7 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
             "quant": config.model.quant, "device": loaded.device, "attention_path": attention_path(loaded.device),
             "seconds": result.seconds,
             "time_to_first_token": result.ttft, "tokens_per_second": result.tokens_per_second,
-            "finish": result.finish, "run_id": run_id}
+            "finish": result.finish, "run_id": run_id, "transform": config.transform.label}
 
 
 def capture_for(args: argparse.Namespace, loaded, prompt: str, question: str) -> AttentionCapture | None:
@@ -193,13 +197,14 @@ def probe_task(args: argparse.Namespace) -> dict[str, Any]:
     loaded = MANAGER.get(config.model, first_use_progress)
     store, session_id = _run_log(args)
     spec = remember_upload(store, spec, upload_text)
-    instance = build_probe(loaded.tokenizer, spec, config.chat_template, upload_text, max_prompt_tokens(loaded))
+    instance = build_probe(loaded.tokenizer, spec, config.chat_template, upload_text, max_prompt_tokens(loaded),
+                           config.transform)
     capture = capture_for(args, loaded, instance.prompt, instance.question)
     *_, outcome = run_probe(loaded, instance, args.score, config, capture=capture)
     run_id = kept_if_unsaved(lambda: log_probe(store, session_id, config, loaded, outcome))
     return captured(capture, loaded, instance.prompt) | outcome.summary() | {
         "prompt": instance.prompt, "model": config.model.model, "dtype": loaded.dtype_name, "quant": config.model.quant,
-        "run_id": run_id, "attention_path": attention_path(loaded.device)}
+        "run_id": run_id, "attention_path": attention_path(loaded.device), "transform": config.transform.label}
 
 
 def cmd_decode(args: argparse.Namespace) -> dict[str, Any]:
@@ -220,7 +225,8 @@ def cmd_decode(args: argparse.Namespace) -> dict[str, Any]:
                 "dtype": loaded.dtype_name}
     if args.question is None or not args.question.strip():
         raise SpecError("--question is empty: give the question to ask about the context (or use --conflicts).")
-    prompt = format_prompt(loaded.tokenizer, args.context, args.question, config.chat_template)
+    prompt = format_prompt(loaded.tokenizer, args.context, args.question, config.chat_template,
+                           transform=config.transform)
     plain = format_prompt(loaded.tokenizer, "", args.question, config.chat_template)
     store, session_id = _run_log(args)
     runs = []
@@ -340,16 +346,16 @@ def config_with(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """`config` with --b key=value overrides: model fields (model, quant, dtype, ...) or run fields."""
     data = config.to_dict()
     for key, value in overrides.items():
-        if key in ("rope", "mask", "decoding"):
-            parsed = {"rope": RopeSpec, "mask": MaskSpec, "decoding": DecodingSpec}[key].parse(str(value))
-            data[key] = parsed.to_dict()
+        if key in ("rope", "mask", "decoding", "transform"):
+            specs = {"rope": RopeSpec, "mask": MaskSpec, "decoding": DecodingSpec, "transform": TransformSpec}
+            data[key] = specs[key].parse(str(value)).to_dict()
         elif key in data["model"]:
             data["model"][key] = str(value) if key == "model" else value
         elif key in data and key != "model":
             data[key] = value
         else:
-            raise SpecError(f"--b {key}=... is not a setting; use one of: "
-                            f"{', '.join([*data['model'], 'chat_template', 'max_new_tokens', 'rope', 'mask', 'decoding'])}.")
+            settings = [*data["model"], "chat_template", "max_new_tokens", "rope", "mask", "decoding", "transform"]
+            raise SpecError(f"--b {key}=... is not a setting; use one of: {', '.join(settings)}.")
     return RunConfig.from_dict(data)
 
 
@@ -418,8 +424,11 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
 
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_source(args.model, first_use_progress)))
     spec = ProbeSpec(args.task, args.length, args.depth, args.seed, args.haystack, parse_params(args.param))
-    instance = build_probe(tokenizer, spec, not args.no_chat_template, max_tokens=limits().prompt_tokens or BUILD_MAX_TOKENS)
+    transform = TransformSpec.parse(args.transform)
+    instance = build_probe(tokenizer, spec, not args.no_chat_template, max_tokens=limits().prompt_tokens or BUILD_MAX_TOKENS,
+                           transform=transform)
     return {"task": instance.task, "length": spec.length, "depth": spec.depth, "seed": spec.seed,
+            "transform": transform.label,
             "prompt": instance.prompt, "expected": list(instance.expected), "spans": list(instance.spans),
             "prompt_tokens": instance.prompt_tokens, "max_new_tokens": instance.max_new_tokens,
             "question": instance.question, "answer_prefix": instance.answer_prefix, "scorer": instance.scorer,
@@ -585,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--param", action="append", default=[], help="builder setting key=value (repeatable)")
     build.add_argument("--model", default=ModelSpec.model, help="whose tokenizer counts the tokens")
     build.add_argument("--no-chat-template", action="store_true", help="the raw text, without the chat template")
+    build.add_argument("--transform", default="none", help="context transform KIND[:key=value,...], e.g. jrt")
     build.add_argument("--json", action="store_true", help="print one JSON object")
     tasks = commands.add_parser("tasks", help="list the task presets, haystacks and scorers")
     tasks.add_argument("--json", action="store_true", help="print one JSON object")

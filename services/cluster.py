@@ -73,7 +73,7 @@ class SweepWorker:
         loaded = MANAGER.get(run_config.model)
         others = {cell.key for cell in sweep.cells()} - set(keys)
         cells = build_cells(loaded.tokenizer, sweep, run_config.chat_template, others, upload_text,
-                            max_prompt_tokens(loaded))
+                            max_prompt_tokens(loaded), run_config.transform)
         provenance = loaded.provenance()
         with MANAGER.lock:
             for result in run_sweep(loaded, sweep, cells, config=run_config):

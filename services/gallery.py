@@ -106,7 +106,8 @@ def grid_study(loaded: LoadedModel, base: RunConfig, s: dict, should_stop) -> It
         config = configured(base, {"max_new_tokens": get_task(task).max_new_tokens} | variant)
         spec = SweepSpec(task, tuple(s["lengths"]), tuple(s["depths"]), tuple(s["seeds"]),
                          params=s.get("params", {}) | variant.get("params", {}))
-        cells = build_cells(loaded.tokenizer, spec, config.chat_template, max_tokens=max_prompt_tokens(loaded))
+        cells = build_cells(loaded.tokenizer, spec, config.chat_template, max_tokens=max_prompt_tokens(loaded),
+                            transform=config.transform)
         for result in run_sweep(loaded, spec, cells, should_stop, config):
             rows.append(result.row() | {"variant": variant["label"]})
             yield Step(len(rows), per_variant * len(variants), {"rows": rows, **_axes(s, variants)})
@@ -132,7 +133,8 @@ def models_study(loaded: LoadedModel, base: RunConfig, s: dict, should_stop) -> 
         model = MANAGER.get(dataclasses.replace(loaded.spec, model=name))
         config = dataclasses.replace(base, model=model.spec, max_new_tokens=get_task(s["task"]).max_new_tokens)
         spec = SweepSpec(s["task"], tuple(s["lengths"]), tuple(s["depths"]), tuple(s["seeds"]))
-        cells = build_cells(model.tokenizer, spec, config.chat_template, max_tokens=max_prompt_tokens(model))
+        cells = build_cells(model.tokenizer, spec, config.chat_template, max_tokens=max_prompt_tokens(model),
+                            transform=config.transform)
         for result in run_sweep(model, spec, cells, should_stop, config):
             data["rows"] = data["rows"] + [result.row() | {"variant": name}]
             yield Step(len(data["rows"]) + len(data["layer_mass"]), total, data)
@@ -197,7 +199,8 @@ def conflicts_study(loaded: LoadedModel, base: RunConfig, s: dict, should_stop) 
 
 def decode_study(loaded: LoadedModel, base: RunConfig, s: dict, should_stop) -> Iterator[Step]:
     """One question answered by several decoding methods: each method's answers and their diversity."""
-    prompt = format_prompt(loaded.tokenizer, s.get("context", ""), s["question"], base.chat_template)
+    prompt = format_prompt(loaded.tokenizer, s.get("context", ""), s["question"], base.chat_template,
+                           transform=base.transform)
     runs: list[dict] = []
     for method in s["methods"]:
         *_, result = run_free(loaded, prompt, configured(base, {"method": method} | s), should_stop)

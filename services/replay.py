@@ -31,7 +31,8 @@ def stored_probe(store: Store, run: dict, loaded, config: RunConfig) -> ProbeIns
     spec = ProbeSpec.from_dict(run["inputs"]["probe"])
     upload_hash = spec.params.get("_upload_sha256")
     upload_text = store.get_text(upload_hash) if upload_hash else None
-    return build_probe(loaded.tokenizer, spec, config.chat_template, upload_text, max_prompt_tokens(loaded))
+    return build_probe(loaded.tokenizer, spec, config.chat_template, upload_text, max_prompt_tokens(loaded),
+                       config.transform)
 
 
 def replay(store: Store, run_id: str, progress: Progress = no_progress,
@@ -57,7 +58,8 @@ def replay(store: Store, run_id: str, progress: Progress = no_progress,
         differences = _differences(old, outcome.summary(), COMPARED)
         prompt = instance.prompt
     elif kind == "probe":
-        prompt = format_prompt(loaded.tokenizer, inputs["context"], inputs["question"], config.chat_template)
+        prompt = format_prompt(loaded.tokenizer, inputs["context"], inputs["question"], config.chat_template,
+                               transform=config.transform)
         check_prompt_length(loaded, prompt)  # an imported run may be longer than this lab allows
         plain = format_prompt(loaded.tokenizer, "", inputs["question"], config.chat_template)
         with MANAGER.lock:

@@ -101,7 +101,7 @@ def prepare(job: SweepJob, progress: Progress = no_progress):
     loaded = MANAGER.get(job.config.model, progress)
     done = {row["key"] for row in job.rows}
     cells = build_cells(loaded.tokenizer, job.spec, job.config.chat_template, done, job.upload_text,
-                        max_prompt_tokens(loaded))
+                        max_prompt_tokens(loaded), job.config.transform)
     return loaded, cells
 
 

@@ -101,13 +101,15 @@ def prompts_for(loaded, run_config, task, context, question, length, depth, seed
         if not (question or "").strip():
             raise Refusal("Enter a question, or choose a haystack probe.")
         template = run_config.chat_template
-        prompt = format_prompt(loaded.tokenizer, context or "", question.strip(), template)
+        prompt = format_prompt(loaded.tokenizer, context or "", question.strip(), template,
+                               transform=run_config.transform)
         with said_to_user():
             check_prompt_length(loaded, prompt)
         return None, prompt, format_prompt(loaded.tokenizer, "", question.strip(), template)
     with said_to_user():
         spec = ProbeSpec(task=task, length=int(length or 0), depth=float(depth or 0), seed=int(seed or 0))
-        instance = build_probe(loaded.tokenizer, spec, run_config.chat_template, None, max_prompt_tokens(loaded))
+        instance = build_probe(loaded.tokenizer, spec, run_config.chat_template, None, max_prompt_tokens(loaded),
+                               run_config.transform)
     return instance, instance.prompt, None
 
 

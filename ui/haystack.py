@@ -105,7 +105,8 @@ def make(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, 
     try:
         upload_text = read_upload(upload) if upload else None
         spec = remember_upload(tab.store, spec, upload_text)
-        instance = build_probe(loaded.tokenizer, spec, run_config.chat_template, upload_text, max_prompt_tokens(loaded))
+        instance = build_probe(loaded.tokenizer, spec, run_config.chat_template, upload_text, max_prompt_tokens(loaded),
+                               run_config.transform)
     except HaystackError as exc:
         raise Refusal(str(exc)) from exc
     return dataclasses.replace(run_config, max_new_tokens=instance.max_new_tokens), loaded, instance

@@ -25,6 +25,7 @@ from engines.config.specs import (
     RopeSpec,
     RunConfig,
     SpecError,
+    TransformSpec,
 )
 from engines.model.loading import MANAGER, ModelError, cpu_supports_bf16
 from ui.text import Refusal
@@ -44,10 +45,11 @@ class ConfigInputs:
     mask: gr.Textbox
     decoding: gr.Textbox
     status: gr.Markdown  # shows the loaded model; not a config value
+    transform: gr.Textbox  # last, so API clients written before it existed keep their positions
 
     def all(self) -> list:
         return [self.model, self.quant, self.quant_4bit_type, self.dtype, self.chat_template,
-                self.max_new_tokens, self.rope, self.mask, self.decoding]
+                self.max_new_tokens, self.rope, self.mask, self.decoding, self.transform]
 
 
 class Panel(NamedTuple):
@@ -62,6 +64,7 @@ class Panel(NamedTuple):
     rope: str = "default"
     mask: str = "causal"
     decoding: str = "greedy"
+    transform: str = "none"
 
     @classmethod
     def of(cls, values) -> Panel:
@@ -81,7 +84,8 @@ class Panel(NamedTuple):
             config = RunConfig(model=spec, chat_template=bool(panel.chat_template),
                                max_new_tokens=int(panel.max_new_tokens), rope=RopeSpec.parse(panel.rope or "default"),
                                mask=MaskSpec.parse(panel.mask or "causal"),
-                               decoding=DecodingSpec.parse(panel.decoding or "greedy"))
+                               decoding=DecodingSpec.parse(panel.decoding or "greedy"),
+                               transform=TransformSpec.parse(panel.transform or "none"))
             limits().check_run(config)
             return config
         except (SpecError, ValueError, TypeError) as exc:
@@ -118,7 +122,7 @@ def describe_loaded() -> str:
             + (f"\n\n{info['notice']}" if info["notice"] else ""))
 
 
-def load(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding,
+def load(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding, transform="none",
          progress=gr.Progress()) -> str:
     if public_mode():
         raise Refusal("On this shared Space nobody switches the loaded model: each run loads the model it asks "
@@ -128,11 +132,13 @@ def load(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, ro
     return describe_loaded()
 
 
-def summary_line(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding) -> str:
+def summary_line(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding,
+                 transform="none") -> str:
     """The closed panel's one line: what every run will use."""
     quantized = "" if quant == "none" else f" {quant}"
+    transformed = "" if (transform or "none").strip() == "none" else f", context {transform}"
     return (f"Model and run configuration: {model}{quantized}, RoPE {rope}, mask {mask}, {decoding}, "
-            f"{max_new_tokens} new tokens{'' if chat_template else ', no chat template'} (open to change)")
+            f"{max_new_tokens} new tokens{'' if chat_template else ', no chat template'}{transformed} (open to change)")
 
 
 def relabelled(*values) -> gr.Accordion:
@@ -158,14 +164,19 @@ def build() -> ConfigInputs:
             chat_template = gr.Checkbox(True, label="Apply the chat template")
             max_new_tokens = gr.Number(32, precision=0, label="Max new tokens", info=f"1 to {limits().new_tokens}")
             rope = gr.Textbox("default", label="RoPE", info="KIND[:factor[,key=value]], e.g. yarn:2; kinds: "
-                              + ", ".join(entries("rope")) + " (Context tab)")
+                              + ", ".join(entries("rope")) + "; on Gemma 3 add layer_type=global or layer_type=local to "
+                              "scale only those layers (Context tab)")
             mask = gr.Textbox("causal", label="Attention mask", info="KIND[:key=value,...], e.g. sinks:window=1024; "
                               "kinds: " + ", ".join(entries("mask")))
             decoding = gr.Textbox("greedy", label="Decoding", info="METHOD[:key=value,...], e.g. beam:num_beams=4; "
                                   "methods: " + ", ".join(entries("decoding")) + " (Decoding tab)")
+            transform = gr.Textbox("none", label="Context transform", info="KIND[:key=value,...] applied to the "
+                                   "context before the prompt is formatted: " + ", ".join(entries("transform"))
+                                   + " (jrt: the context read twice; sandwich: the question before and after it)")
             load_button = gr.Button("Load", variant="secondary", visible=not public_mode())
         status = gr.Markdown(describe_loaded())
-    inputs = ConfigInputs(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding, status)
+    inputs = ConfigInputs(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding, status,
+                          transform)
     load_button.click(load, inputs.all(), status, api_name="load_model", concurrency_id="model")
     for component in inputs.all():
         component.change(relabelled, inputs.all(), accordion, api_name=False, show_progress="hidden")

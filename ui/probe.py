@@ -54,7 +54,8 @@ def probe(tab: ProbeTab, context, question, capture_wanted, state, *values, prog
     if not question or not question.strip():
         raise Refusal("Enter a question: the probe needs something to ask about the context.")
     loaded = loaded_model(run_config, progress)
-    prompt = format_prompt(loaded.tokenizer, context or "", question.strip(), run_config.chat_template)
+    prompt = format_prompt(loaded.tokenizer, context or "", question.strip(), run_config.chat_template,
+                           transform=run_config.transform)
     with said_to_user():
         prompt_tokens = check_prompt_length(loaded, prompt)
     capture = AttentionCapture(question_positions(loaded.tokenizer, prompt, question)) \

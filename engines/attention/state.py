@@ -28,7 +28,10 @@ class MaskRule:
         from engines.context.rope import layer_inv_freq
 
         types = getattr(module.config, "layer_types", None)
-        return layer_inv_freq(self.rotary, types[module.layer_idx] if types else None)
+        inv_freq = layer_inv_freq(self.rotary, types[module.layer_idx] if types else None)
+        if module.layer_idx in getattr(self.rotary, "unrotated_layers", ()):
+            return torch.zeros_like(inv_freq)  # a NoPE layer: moving a key turns nothing
+        return inv_freq
 
 
 @dataclass(frozen=True)

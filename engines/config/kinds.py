@@ -143,6 +143,7 @@ FAMILIES = {f.key: f for f in (
     Family("rope", "RoPE kind", "engines.context.rope", first="default"),
     Family("mask", "mask kind", "engines.context.masks", first="causal"),
     Family("decoding", "decoding method", "engines.decoding.methods", first="greedy"),
+    Family("transform", "context transform", "engines.context.transforms", first="none"),
     Family("task", "task", "engines.probes.tasks", HaystackError),
     Family("source", "haystack", "engines.probes.sources", HaystackError),
     Family("scorer", "scorer", "engines.probes.scorers"),

@@ -67,11 +67,31 @@ class ModelSpec:
 
 
 class KindSpec:
-    """What RopeSpec, MaskSpec and DecodingSpec share: a registered kind and its typed settings (only
-    those given are stored, so a logged setting reads as the user wrote it)."""
+    """What the specs of a kind share (RopeSpec adds its factor and layer type): a registered kind and
+    its typed settings (only those given are stored, so a logged setting reads as the user wrote it),
+    written 'KIND[:key=value,...]' and logged as {name_field: KIND, "params": {...}}."""
 
     family: ClassVar[str]
     name_field: ClassVar[str] = "kind"
+    default: ClassVar[str]
+
+    def __post_init__(self):
+        self._check()
+
+    @property
+    def label(self) -> str:
+        return self._label()
+
+    def to_dict(self) -> dict:
+        return {self.name_field: self.name, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return cls(data.get(cls.name_field, cls.default), dict(data.get("params", {})))
+
+    @classmethod
+    def parse(cls, text: str | None):
+        return cls(*parse_kind(text, cls.family, cls.default))
 
     @property
     def name(self) -> str:
@@ -103,51 +123,52 @@ def _number(value: float) -> str:
 
 
 FACTOR = Setting("factor", "float", 1.0, "the scale s: how many times the trained length to reach", 0.0, 64.0)
-LAYERS = Setting("layers", "str", "all", "on a model with its own RoPE per layer type (Gemma 3): the layers that "
-                 "take the kind, all, global (full attention) or local (sliding window)",
-                 choices=("all", "global", "local"))
+LAYER_TYPE = Setting("layer_type", "str", "all", "on a model with its own RoPE per layer type (Gemma 3): the "
+                     "layers that take the kind, all, global (full attention) or local (sliding window)",
+                     choices=("all", "global", "local"))
 
 
 @dataclass(frozen=True)
 class RopeSpec(KindSpec):
     """A RoPE setting: kind, factor s, the kind's own settings and, on models with a RoPE per layer type,
-    the layers it applies to ('yarn:2,beta_fast=16,layers=global')."""
+    the layer type it applies to ('yarn:2,beta_fast=16,layer_type=global')."""
 
     family: ClassVar[str] = "rope"
+    default: ClassVar[str] = "default"
     kind: str = "default"
     factor: float = 1.0
     params: dict = field(default_factory=dict)
-    layers: str = "all"
+    layer_type: str = "all"
 
     def __post_init__(self):
         factor = FACTOR.read(self.factor, "RoPE")
         if factor <= 0:
             raise SpecError(f"RoPE factor {self.factor} is out of range: give a number above 0 and at most 64.")
         object.__setattr__(self, "factor", factor)
-        object.__setattr__(self, "layers", LAYERS.read(self.layers, "RoPE"))
+        object.__setattr__(self, "layer_type", LAYER_TYPE.read(self.layer_type, "RoPE"))
         self._check()
 
     @property
     def label(self) -> str:
         label = self._label(_number(self.factor) if self.factor != 1 else "")
-        if self.layers == "all":
+        if self.layer_type == "all":
             return label
-        return label + ("," if ":" in label else ":") + f"layers={self.layers}"
+        return label + ("," if ":" in label else ":") + f"layer_type={self.layer_type}"
 
     def to_dict(self) -> dict:
-        """Without `layers` when it is all, so records written before it existed read the same."""
-        layers = {} if self.layers == "all" else {"layers": self.layers}
-        return {"kind": self.kind, "factor": self.factor, "params": dict(self.params)} | layers
+        """Without `layer_type` when it is all, so records written before it existed read the same."""
+        typed = {} if self.layer_type == "all" else {"layer_type": self.layer_type}
+        return {"kind": self.kind, "factor": self.factor, "params": dict(self.params)} | typed
 
     @classmethod
     def from_dict(cls, data: dict) -> RopeSpec:
         return cls(data.get("kind", "default"), data.get("factor", 1.0), dict(data.get("params", {})),
-                   data.get("layers", "all"))
+                   data.get("layer_type", "all"))
 
     @classmethod
     def parse(cls, text: str | None) -> RopeSpec:
         kind, params = parse_kind(text, "rope", "default", lead="factor")
-        return cls(kind, params.pop("factor", 1.0), params, params.pop("layers", "all"))
+        return cls(kind, params.pop("factor", 1.0), params, params.pop("layer_type", "all"))
 
 
 @dataclass(frozen=True)
@@ -155,11 +176,9 @@ class MaskSpec(KindSpec):
     """An attention mask: kind and settings ('sinks:n_sink=4,window=1024')."""
 
     family: ClassVar[str] = "mask"
+    default: ClassVar[str] = "causal"
     kind: str = "causal"
     params: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self._check()
 
     @property
     def shares_positions(self) -> bool:
@@ -170,20 +189,15 @@ class MaskSpec(KindSpec):
         """Earlier tokens see later ones: a cached prefix cannot be reused across prompts."""
         return self.entry.looks_ahead
 
-    @property
-    def label(self) -> str:
-        return self._label()
 
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "params": dict(self.params)}
+@dataclass(frozen=True)
+class TransformSpec(KindSpec):
+    """A context transform applied before the prompt is formatted ('jrt:times=3', 'sandwich')."""
 
-    @classmethod
-    def from_dict(cls, data: dict) -> MaskSpec:
-        return cls(data.get("kind", "causal"), dict(data.get("params", {})))
-
-    @classmethod
-    def parse(cls, text: str | None) -> MaskSpec:
-        return cls(*parse_kind(text, "mask", "causal"))
+    family: ClassVar[str] = "transform"
+    default: ClassVar[str] = "none"
+    kind: str = "none"
+    params: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -192,26 +206,9 @@ class DecodingSpec(KindSpec):
 
     family: ClassVar[str] = "decoding"
     name_field: ClassVar[str] = "method"
+    default: ClassVar[str] = "greedy"
     method: str = "greedy"
     params: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self._check()
-
-    @property
-    def label(self) -> str:
-        return self._label()
-
-    def to_dict(self) -> dict:
-        return {"method": self.method, "params": dict(self.params)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DecodingSpec:
-        return cls(data.get("method", "greedy"), dict(data.get("params", {})))
-
-    @classmethod
-    def parse(cls, text: str | None) -> DecodingSpec:
-        return cls(*parse_kind(text, "decoding", "greedy"))
 
 
 @dataclass(frozen=True)
@@ -224,6 +221,7 @@ class RunConfig:
     rope: RopeSpec | None = None  # None: the model's own RoPE
     mask: MaskSpec | None = None  # None: plain causal
     decoding: DecodingSpec | None = None  # None: greedy
+    transform: TransformSpec | None = None  # None: the context as built
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 4096:
@@ -231,11 +229,14 @@ class RunConfig:
         object.__setattr__(self, "rope", self.rope or RopeSpec())
         object.__setattr__(self, "mask", self.mask or MaskSpec())
         object.__setattr__(self, "decoding", self.decoding or DecodingSpec())
+        object.__setattr__(self, "transform", self.transform or TransformSpec())
 
     def to_dict(self) -> dict[str, Any]:
+        """Without `transform` when there is none, so records written before it existed read the same."""
+        transform = {} if self.transform.kind == "none" else {"transform": self.transform.to_dict()}
         return {"model": self.model.to_dict(), "chat_template": self.chat_template,
                 "max_new_tokens": self.max_new_tokens, "rope": self.rope.to_dict(), "mask": self.mask.to_dict(),
-                "decoding": self.decoding.to_dict()}
+                "decoding": self.decoding.to_dict()} | transform
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -244,4 +245,5 @@ class RunConfig:
         data["rope"] = RopeSpec.from_dict(data.get("rope") or {})
         data["mask"] = MaskSpec.from_dict(data.get("mask") or {})
         data["decoding"] = DecodingSpec.from_dict(data.get("decoding") or {})
+        data["transform"] = TransformSpec.from_dict(data.get("transform") or {})
         return _from_dict(cls, data)

@@ -53,8 +53,11 @@ def run_state(model, rope: RopeSpec, mask: MaskSpec, spans: list[dict] | None = 
     outer = getattr(model.config, "lab_run", None)
     entry_rotary = inner.rotary_emb
     original = outer.original_rotary if outer is not None else entry_rotary
+    hooks = []
     try:
         inner.rotary_emb = rotary_for(original, rope)
+        hooks = [inner.layers[i].register_forward_pre_hook(_unrotated, with_kwargs=True)
+                 for i in sorted(getattr(inner.rotary_emb, "unrotated_layers", ()))]
         rule, positions = mask_rule(mask, inner.rotary_emb, spans, prompt_tokens)
         head_mask: dict[int, list[int]] = {}
         for layer, head in heads or ():
@@ -64,8 +67,16 @@ def run_state(model, rope: RopeSpec, mask: MaskSpec, spans: list[dict] | None = 
             head_mask if heads is not None else getattr(outer, "head_mask", {}), original)
         yield positions
     finally:
+        for hook in hooks:
+            hook.remove()
         inner.rotary_emb = entry_rotary
         model.config.lab_run = outer
+
+
+def _unrotated(layer, args, kwargs):
+    """A NoPE layer's pre-hook: RoPE with cos 1 and sin 0, so its queries and keys stay as they are."""
+    cos, sin = kwargs["position_embeddings"]
+    return args, kwargs | {"position_embeddings": (torch.ones_like(cos), torch.zeros_like(sin))}
 
 
 def mask_grid(mask: MaskSpec, length: int, spans: list[dict] | None = None, points: int = 128,

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from engines.context.transforms import transformed
 from engines.model.loading import LoadedModel
 
 TOP_ALTERNATIVES = 5
@@ -55,12 +56,14 @@ class GenerationResult:
 
 
 def format_prompt(tokenizer, context: str, question: str, chat_template: bool = True,
-                  answer_prefix: str = "") -> str:
-    """The exact text fed to the model: context, a blank line, the question.
+                  answer_prefix: str = "", transform=None) -> str:
+    """The exact text fed to the model: context, a blank line, the question (after `transform`, a
+    TransformSpec, rewrites them: the context repeated, the question also before it).
 
     With the chat template it is one user turn and `answer_prefix` opens the assistant turn;
     without it (or for a base model, which has none) the raw text ends in a newline and then the prefix.
     """
+    context, question = transformed(transform, context, question)
     user = f"{context}\n\n{question}" if context else question
     if chat_template and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": user}],

@@ -450,14 +450,18 @@ def _token_spans(tokenizer, prompt: str, spans: list[Span]) -> tuple[int, tuple[
 
 
 def build_probe(tokenizer, spec: ProbeSpec, chat_template: bool = True, upload_text: str | None = None,
-                max_tokens: int | None = None) -> ProbeInstance:
-    """Build the probe `spec` asks for, its whole prompt within 1% of spec.length tokens."""
+                max_tokens: int | None = None, transform=None) -> ProbeInstance:
+    """Build the probe `spec` asks for, its whole prompt (after `transform`, a TransformSpec) within 1%
+    of spec.length tokens; every copy of the context a transform makes has its pieces marked."""
     task = get_task(spec.task)
     if max_tokens is not None and spec.length > max_tokens:
         raise HaystackError(f"Length {spec.length} tokens is beyond what this model and memory allow here "
                             f"(at most {max_tokens}); choose a smaller length.")
     lookup("scorer", task.scorer)
     if task.builder in SIZED or task.builder in DIRECT:
+        if transform is not None and transform.kind != "none":
+            raise HaystackError(f"'{task.name}' keeps its benchmark's own template, so a context transform does not "
+                                "apply; use the lab's own preset of the same task to transform it.")
         return build_reference(tokenizer, spec, task, chat_template)
     plan = BUILDERS[task.builder][0](random.Random(f"needles-{spec.seed}"), task.defaults() | task.typed(spec.params),
                                      float(spec.depth), spec.length)
@@ -472,9 +476,13 @@ def build_probe(tokenizer, spec: ProbeSpec, chat_template: bool = True, upload_t
             chosen = units.order[:size]
             body, spans = render(src, [units.texts[i] for i in chosen], plan.pieces, [units.tokens[i] for i in chosen])
         head = plan.intro + "\n" if plan.intro else ""
-        prompt = format_prompt(tokenizer, head + body, plan.question, chat_template, plan.answer_prefix)
-        offset = prompt.find(head + body) + len(head)
-        return prompt, [Span("haystack", src.name, offset, offset + len(body))] + [s.shifted(offset) for s in spans]
+        prompt = format_prompt(tokenizer, head + body, plan.question, chat_template, plan.answer_prefix, transform)
+        placed, at = [], prompt.find(head + body)
+        while at >= 0:  # each copy of the context (a transform may repeat it)
+            offset = at + len(head)
+            placed += [Span("haystack", src.name, offset, offset + len(body))] + [s.shifted(offset) for s in spans]
+            at = prompt.find(head + body, at + len(head + body))
+        return prompt, placed
 
     def measure(size: int) -> int:
         return len(tokenizer(prompt_for(size)[0], add_special_tokens=False).input_ids)
@@ -585,15 +593,18 @@ def _best_size(measure: Callable[[int], int], units: _Units, plan: Plan, target:
             middle = (low + high) // 2
             low, high = (middle, high) if measure(middle) <= target else (low, middle)
         return min((low, high), key=lambda s: abs(measure(s) - target))
-    size, tried = units.covering(target - smallest), {}
+    size, tried, previous = units.covering(target - smallest), {}, None
     for _ in range(8):
         tried[size] = measure(size)
         error = target - tried[size]
         if abs(error) <= target * LENGTH_TOLERANCE / 2:
             break
-        average = max(1.0, sum(units.tokens[:max(size, 1)]) / max(size, 1))  # drawn order = filler order here
-        step = round(error / average) or (1 if error > 0 else -1)
-        size = max(0, size + step)
+        per_unit = max(1.0, sum(units.tokens[:max(size, 1)]) / max(size, 1))  # drawn order = filler order here
+        if previous is not None and previous != size and tried[previous] != tried[size]:
+            # measured tokens per unit: a transform that repeats the context counts each unit more than once
+            per_unit = max(1.0, (tried[size] - tried[previous]) / (size - previous))
+        step = round(error / per_unit) or (1 if error > 0 else -1)
+        previous, size = size, max(0, size + step)
         if size in tried:
             break
     return min(tried, key=lambda s: abs(tried[s] - target))

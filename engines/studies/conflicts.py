@@ -44,7 +44,8 @@ def run_conflicts(loaded: LoadedModel, config: RunConfig, methods: list[Decoding
         for number, item in enumerate(items):
             if should_stop():
                 return
-            prompt = format_prompt(loaded.tokenizer, item["context"], item["question"], config.chat_template)
+            prompt = format_prompt(loaded.tokenizer, item["context"], item["question"], config.chat_template,
+                                   transform=config.transform)
             plain = format_prompt(loaded.tokenizer, "", item["question"], config.chat_template)
             with run_state(loaded.model, config.rope, config.mask):
                 *_, result = decode(loaded, prompt, spec, config.max_new_tokens, should_stop, plain_prompt=plain)

@@ -130,9 +130,11 @@ def needle_position(instance: ProbeInstance) -> int:
 
 
 def build_cells(tokenizer, spec: SweepSpec, chat_template: bool, skip: set[str] = frozenset(),
-                upload_text: str | None = None, max_tokens: int | None = None) -> list[tuple[Cell, ProbeInstance]]:
-    """Every cell not in `skip`, built and ordered by seed, then by needle position."""
-    built = [(cell, build_probe(tokenizer, spec.probe_spec(cell), chat_template, upload_text, max_tokens))
+                upload_text: str | None = None, max_tokens: int | None = None,
+                transform=None) -> list[tuple[Cell, ProbeInstance]]:
+    """Every cell not in `skip`, built (under `transform`, a TransformSpec) and ordered by seed, then by
+    needle position."""
+    built = [(cell, build_probe(tokenizer, spec.probe_spec(cell), chat_template, upload_text, max_tokens, transform))
              for cell in spec.cells() if cell.key not in skip]
     return sorted(built, key=lambda item: (item[0].seed, needle_position(item[1]), item[0].length))
 

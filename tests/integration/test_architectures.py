@@ -73,7 +73,7 @@ def stock(model_dirs, name, rope: RopeSpec | None = None, loaded=None):
     if rope is not None:
         rotary = type(loaded.model.model.rotary_emb)
         if name == "gemma3":  # written out: the chosen layer types scaled, the others at their own theta
-            scaled = {"all": GEMMA_THETAS, "global": ["full_attention"], "local": ["sliding_attention"]}[rope.layers]
+            scaled = {"all": GEMMA_THETAS, "global": ["full_attention"], "local": ["sliding_attention"]}[rope.layer_type]
             model.config.rope_parameters = {
                 t: rope_parameters(rope, theta, TRAINED, 16) if t in scaled else {"rope_type": "default",
                                                                                    "rope_theta": theta}
@@ -105,7 +105,7 @@ def test_rope_kinds_equal_transformers_own(model_dirs, name, rope):
     assert torch.allclose(lab_logits(loaded, ids, spec), reference, atol=2e-4)
 
 
-@pytest.mark.parametrize("rope", ["yarn:2,layers=global", "linear:4,layers=local", "dynamic:2,layers=global"])
+@pytest.mark.parametrize("rope", ["yarn:2,layer_type=global", "linear:4,layer_type=local", "dynamic:2,layer_type=global"])
 def test_gemma_scales_the_chosen_layer_types_only(model_dirs, rope):
     """Gemma 3 rotates local layers at theta 10K and global ones at 1M: a kind applied to one type
     leaves the other as it was, as transformers computes it from per-type rope_parameters."""
@@ -135,7 +135,7 @@ def test_a_model_without_rope_is_refused_with_a_sentence(tmp_path, tokenizer):
 def test_layer_types_are_refused_where_every_layer_rotates_alike(model_dirs):
     loaded = lab_model(model_dirs, "qwen2")
     with pytest.raises(SpecError, match="needs a model with its own RoPE per layer type"):
-        lab_logits(loaded, ids_of(50), RopeSpec.parse("yarn:2,layers=global"))
+        lab_logits(loaded, ids_of(50), RopeSpec.parse("yarn:2,layer_type=global"))
 
 
 @pytest.mark.parametrize("name", ["mistral", "qwen2", "gemma3"])

@@ -69,7 +69,7 @@ def test_greedy_stream_equals_transformers_generate(gemma):
 def test_scaling_the_global_layers_moves_the_gold_logprob(gemma):
     instance = build_probe(gemma.tokenizer, ProbeSpec("passkey", 2000, 50, 1), True)
     logprob = {}
-    for rope in ("default", "linear:4,layers=global", "linear:4,layers=local"):
+    for rope in ("default", "linear:4,layer_type=global", "linear:4,layer_type=local"):
         *_, outcome = run_probe(gemma, instance, "logprob", RunConfig(model=gemma.spec, rope=RopeSpec.parse(rope)))
         logprob[rope] = outcome.logprob.logprob
     assert len({round(value, 3) for value in logprob.values()}) == 3

@@ -32,6 +32,10 @@ class RopeKind(Kind):
         """The kind's own entries of transformers' rope_parameters (beyond type, theta, factor and L)."""
         return {}
 
+    def unrotated(self, spec: RopeSpec, layers: int) -> list[int]:
+        """Layers (of `layers`) whose queries and keys are left unrotated (NoPE); none for most kinds."""
+        return []
+
 
 def default_inv_freq(base: float, dim: int) -> torch.Tensor:
     return 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
@@ -81,17 +85,17 @@ def layer_inv_freq(rotary: torch.nn.Module, layer_type: str | None) -> torch.Ten
 
 def rotary_for(original: torch.nn.Module, spec: RopeSpec) -> torch.nn.Module:
     """The rotary embedding module for `spec`, built beside the model's `original` one (which the
-    default kind returns as it is). On a model with a RoPE per layer type, `spec.layers` chooses the
+    default kind returns as it is). On a model with a RoPE per layer type, `spec.layer_type` chooses the
     types that take the kind; the others keep theirs."""
     sets = frequency_sets(original)
-    if None in sets and spec.layers != "all":
-        raise SpecError(f"RoPE layers={spec.layers} needs a model with its own RoPE per layer type (such as Gemma 3); "
-                        "this model rotates every layer alike, so leave layers out.")
+    if None in sets and spec.layer_type != "all":
+        raise SpecError(f"RoPE layer_type={spec.layer_type} needs a model with its own RoPE per layer type (such as Gemma 3); "
+                        "this model rotates every layer alike, so leave layer_type out.")
     if spec.kind == "default":
         return original
     kind = lookup("rope", spec.kind)
     trained = original.original_max_seq_len
-    chosen = [t for t in sets if t is None or t in LAYER_TYPES[spec.layers]]
+    chosen = [t for t in sets if t is None or t in LAYER_TYPES[spec.layer_type]]
     config = copy.deepcopy(original.config)
     for layer_type in chosen:
         inv_freq, params = sets[layer_type]
@@ -112,4 +116,5 @@ def rotary_for(original: torch.nn.Module, spec: RopeSpec) -> torch.nn.Module:
             setattr(rotary, f"{prefix}inv_freq", scaled.float().to(device))
             setattr(rotary, f"{prefix}original_inv_freq", scaled.float().to(device))
             setattr(rotary, f"{prefix}attention_scaling", attention)
+    rotary.unrotated_layers = frozenset(kind.unrotated(spec, original.config.num_hidden_layers))
     return rotary
