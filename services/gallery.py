@@ -24,7 +24,7 @@ from engines.attention.views import (
 )
 from engines.config.paths import ASSETS
 from engines.config.policy import check_model, limits
-from engines.config.specs import DecodingSpec, MaskSpec, RopeSpec, RunConfig, SpecError
+from engines.config.specs import DecodingSpec, MaskSpec, RopeSpec, RunConfig, SpecError, TransformSpec
 from engines.context.run import prose_stream, token_nll
 from engines.decoding.generation import encode, format_prompt
 from engines.model.loading import MANAGER, LoadedModel
@@ -86,10 +86,12 @@ class Step:
 
 
 def configured(base: RunConfig, setting: dict) -> RunConfig:
-    """`base` with a setting's RoPE, mask, decoding method and new-token budget, where it names them."""
+    """`base` with a setting's RoPE, mask, decoding method, context transform and new-token budget, where
+    it names them."""
     changes = {"rope": RopeSpec.parse(setting["rope"]) if "rope" in setting else None,
                "mask": MaskSpec.parse(setting["mask"]) if "mask" in setting else None,
                "decoding": DecodingSpec.parse(setting["method"]) if "method" in setting else None,
+               "transform": TransformSpec.parse(setting["transform"]) if "transform" in setting else None,
                "max_new_tokens": setting.get("max_new_tokens")}
     return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
 

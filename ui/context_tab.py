@@ -43,7 +43,9 @@ def pictures(length, *values):
         base, dim, trained, layers = rope_geometry(current(model.config).original_rotary or model.model.rotary_emb)
     rows, positions = mask_grid(run_config.mask, int(length), trained=trained)
     curves = {f"default ({layers}, theta {base:g})": rope_curves(RopeSpec(), base, dim, trained)}
-    if run_config.rope.kind != "default":
+    if run_config.rope.kind == "nope":  # same frequencies; the chosen layers skip the rotation altogether
+        curves[f"{panel.rope}: the other layers (the chosen ones do not rotate)"] = curves[next(iter(curves))]
+    elif run_config.rope.kind != "default":
         curves[panel.rope or "chosen"] = rope_curves(run_config.rope, base, dim, trained)
     ratio, wave, decay = figures.rope_curves(curves, trained, run_config.rope.factor)
     title = f"{run_config.mask.kind} mask, {int(length)} tokens (sampled {len(positions)}x{len(positions)})"

@@ -289,18 +289,24 @@ def lab_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, sca
     masked_heads = state.head_mask.get(module.layer_idx)
     if masked_heads:
         out, weights = _lab_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-        return uniform_heads(out, value, masked_heads, getattr(module, "num_key_value_groups", 1)), weights
+        return uniform_heads(out, value, masked_heads, getattr(module, "num_key_value_groups", 1),
+                             kwargs.get("sliding_window")), weights
     return _lab_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
 
 
-def uniform_heads(out: torch.Tensor, value: torch.Tensor, heads: list[int], groups: int) -> torch.Tensor:
+def uniform_heads(out: torch.Tensor, value: torch.Tensor, heads: list[int], groups: int,
+                  own_window: int | None = None) -> torch.Tensor:
     """Replace the output of `heads` with uniform causal attention (pre-softmax scores all zero): the
-    running mean of the values. out [b, q, h, d], value [b, kv_heads, kv, d]."""
+    mean of the values each query sees, within the layer's own sliding window when it has one.
+    out [b, q, h, d], value [b, kv_heads, kv, d]."""
     q_len, kv_len = out.shape[1], value.shape[2]
-    running = value.float().cumsum(dim=2) / torch.arange(1, kv_len + 1, device=value.device)[None, None, :, None]
+    sums = torch.nn.functional.pad(value.float().cumsum(dim=2), (0, 0, 1, 0))  # sums[:, :, t] = sum of keys < t
+    ends = torch.arange(kv_len - q_len + 1, kv_len + 1, device=value.device)  # each query sees keys < end
+    starts = (ends - own_window).clamp(min=0) if own_window else torch.zeros_like(ends)
+    means = (sums[:, :, ends] - sums[:, :, starts]) / (ends - starts)[None, None, :, None]
     out = out.clone()
     for head in heads:
-        out[:, :, head] = running[:, head // groups, kv_len - q_len:].to(out.dtype)
+        out[:, :, head] = means[:, head // groups].to(out.dtype)
     return out
 
 

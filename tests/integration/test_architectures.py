@@ -226,6 +226,31 @@ def test_document_masks_keep_to_the_models_own_window(model_dirs, tokenizer):
                           atol=2e-4)
 
 
+@pytest.mark.parametrize("name", ["mistral", "gemma3", "phi3"])
+def test_a_masked_head_attends_uniformly_to_what_it_sees(model_dirs, name):
+    """Head masking gives a head uniform attention over the keys it may see (its layer's own window
+    included): the same as eager attention with that head's queries zeroed, so every score is 0."""
+    loaded, ids = lab_model(model_dirs, name), ids_of()
+    heads = [(0, 1), (1, 3)]
+    with torch.inference_mode(), run_state(loaded.model, RopeSpec(), MaskSpec(), heads=heads):
+        logits = loaded.model(input_ids=ids).logits
+    model = stock(model_dirs, name)
+    head_dim = model.config.hidden_size // model.config.num_attention_heads if name != "gemma3" else 16
+    for layer, head in heads:
+        attention = model.model.layers[layer].self_attn
+        projection = attention.q_proj if hasattr(attention, "q_proj") else attention.qkv_proj
+
+        def zero_head(module, args, out, head=head):
+            out = out.clone()
+            out[..., head * head_dim:(head + 1) * head_dim] = 0
+            return out
+        projection.register_forward_hook(zero_head)
+    with torch.inference_mode():
+        reference = model(input_ids=ids).logits
+    assert torch.allclose(logits, reference, atol=2e-4)
+    assert not torch.allclose(logits, lab_logits(loaded, ids), atol=1e-3)
+
+
 @pytest.mark.parametrize("name", ["mistral", "phi3", "gemma3"])
 def test_capture_equals_eager_attention(model_dirs, name):
     loaded, ids = lab_model(model_dirs, name), ids_of()
