@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engines.config.errors import LabError
 from engines.config.policy import limits
+from engines.config.specs import RunConfig
 from services import visitors
 from services.replay import replay
 from storage.db import RUN_KINDS, Store
@@ -89,10 +90,11 @@ def unavailable() -> None:
 
 def record_rows(run: dict) -> list[list[str]]:
     """The opened run as (what, value) rows: the readable row, then its configuration and timings."""
-    config = run["config"]
-    settings = {"RoPE": config.get("rope", {}).get("kind"), "mask": config.get("mask", {}).get("kind"),
-                "decoding": config.get("decoding", {}).get("method"), "max new tokens": config.get("max_new_tokens"),
-                "chat template": config.get("chat_template"), "seconds": run.get("seconds"),
+    config = RunConfig.from_dict(run["config"])  # stored configs were checked when written or imported
+    settings = {"RoPE": config.rope.label, "mask": config.mask.label, "decoding": config.decoding.label,
+                "context transform": config.transform.label if config.transform.kind != "none" else None,
+                "max new tokens": config.max_new_tokens, "chat template": config.chat_template,
+                "seconds": run.get("seconds"),
                 "session": run["session_id"], "replay of": run["inputs"].get("replay_of")}
     readable = dict(zip(RUN_COLUMNS, readable_row(run)))
     return key_values({k: v for k, v in (readable | settings).items() if v not in (None, "")})

@@ -159,15 +159,25 @@ def two_branch_attention(module, query, key, value, scaling, own_window: int | N
     q_len, kv_len = query.shape[2], key.shape[2]
     q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
     k_pos = torch.arange(kv_len, device=query.device)
-    window, count, far = window_and_far(rule, own_window, q_pos, k_pos, kv_len)
+    window, count, _ = window_and_far(rule, own_window, q_pos[:0], k_pos, kv_len)
     parts = [_window_attention(query, key, value, q_pos, window, scaling)]
-    if count and bool(far.any()):
+    if count:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        scores = far_scores(rule, rule.inv_freq(module), query, key, q_pos, k_pos, count, window, scale)
-        scores = scores.masked_fill(~far, float("-inf"))
-        lse = torch.logsumexp(scores, dim=-1)  # -inf for a row that sees no far key
-        weights = torch.exp(scores - lse[..., None]).nan_to_num()
-        parts.append(((weights @ value[:, :, :count].float()).to(query.dtype), lse))
+        outs, lses = [], []
+        for start in range(0, q_len, PORTABLE_ROWS):  # rows x far keys at a time (ReRoPE's far keys: all)
+            rows = slice(start, start + PORTABLE_ROWS)
+            far = window_and_far(rule, own_window, q_pos[rows], k_pos, kv_len)[2]
+            if not bool(far.any()):  # these rows see no far key: no weight from this branch
+                outs.append(torch.zeros_like(query[:, :, rows]))
+                lses.append(torch.full(query.shape[:2] + (far.shape[0],), float("-inf"), device=query.device))
+                continue
+            scores = far_scores(rule, rule.inv_freq(module), query[:, :, rows], key, q_pos[rows], k_pos, count,
+                                window, scale).masked_fill(~far, float("-inf"))
+            lse = torch.logsumexp(scores, dim=-1)  # -inf for a row that sees no far key
+            weights = torch.exp(scores - lse[..., None]).nan_to_num()
+            outs.append((weights @ value[:, :, :count].float()).to(query.dtype))
+            lses.append(lse)
+        parts.append((torch.cat(outs, dim=2), torch.cat(lses, dim=2)))
     return merge_by_lse(parts)
 
 

@@ -11,10 +11,11 @@ import torch
 
 from cli import build_parser, cmd_kinds
 from engines.config.kinds import FAMILIES, Setting, entries, register
-from engines.config.specs import DecodingSpec, MaskSpec, ModelSpec, RopeSpec, RunConfig, SpecError
+from engines.config.specs import DecodingSpec, MaskSpec, ModelSpec, RopeSpec, RunConfig, SpecError, TransformSpec
 from engines.context.masks import MaskKind, visible
 from engines.context.rope import RopeKind, default_inv_freq
 from engines.context.run import run_state
+from engines.context.transforms import TransformKind
 from engines.decoding.generation import encode, format_prompt
 from engines.decoding.methods import ChooserMethod
 from engines.model.loading import MANAGER
@@ -111,6 +112,24 @@ def test_a_rope_kind_in_one_file(embedded, registry):
             linear = embedded.model(input_ids=ids).logits
         plain = embedded.model(input_ids=ids).logits
     assert torch.allclose(ours, linear, atol=1e-3) and not torch.allclose(ours, plain, atol=1e-1)
+
+
+def test_a_context_transform_in_one_file(embedded, registry):
+    @register
+    class Headed(TransformKind):
+        name = "headed"
+        description = "the context under a line that says what follows"
+        settings = (Setting("heading", "str", "Read the following text carefully.", "the line before the context"),)
+
+        def apply(self, spec, context, question):
+            return f"{spec.get('heading')}\n{context}", question
+
+    instance = build_probe(embedded.tokenizer, ProbeSpec("passkey", 800, 50, 1), True, transform=TransformSpec("headed"))
+    heading = instance.prompt.index("Read the following text carefully.\n")
+    needle = next(span for span in instance.spans if span["kind"] == "needle")
+    assert heading < needle["char_start"] and "The pass key is" in instance.prompt[needle["char_start"]:needle["char_end"]]
+    assert abs(instance.prompt_tokens - 800) <= 8
+    assert "headed" in [kind["name"] for kind in cmd_kinds(build_parser().parse_args(["kinds"]))["transform"]]
 
 
 def test_a_source_a_scorer_and_a_task_preset(embedded, registry):

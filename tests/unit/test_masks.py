@@ -218,3 +218,20 @@ def test_lambda_distance_to_global_keys_fixed_or_clamped(one_layer, path, distan
         far_at = [i - (d_max if distance == "fixed" else min(i - j, d_max)) for j in far]
         expected = last_logits_at_positions(one_layer, ids[far + local], torch.tensor(far_at + local))
         assert torch.allclose(ours[i], expected, atol=1e-4), (i, distance)
+
+
+def test_clip_caps_every_distance_at_its_limit(one_layer, path):
+    """ReRoPE: every key seen, those further back than the cap at exactly the cap. Reference: all the
+    tokens at explicit positions, the far ones moved to i - distance."""
+    distance, length = 7, 30
+    ids = torch.randint(0, 64, (length,))
+    with torch.inference_mode():
+        with run_state(one_layer, RopeSpec(), MaskSpec("clip", {"distance": distance})):
+            ours = one_layer(input_ids=ids[None]).logits[0]
+        plain = one_layer(input_ids=ids[None]).logits[0]
+    for i in (5, 12, length - 1):
+        positions = torch.tensor([i - distance if i - j >= distance else j for j in range(i + 1)])
+        assert torch.allclose(ours[i], last_logits_at_positions(one_layer, ids[:i + 1], positions), atol=1e-4), i
+    assert torch.allclose(ours[:distance], plain[:distance], atol=1e-5)  # nothing is further back yet
+    assert not torch.allclose(ours[distance:], plain[distance:], atol=1e-3)
+    assert MaskSpec("clip").get("distance") is None  # the trained length unless given

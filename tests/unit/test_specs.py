@@ -1,6 +1,6 @@
 import pytest
 
-from engines.config.specs import ModelSpec, RunConfig, SpecError
+from engines.config.specs import ModelSpec, RopeSpec, RunConfig, SpecError, TransformSpec
 
 
 def test_run_config_round_trips_through_dict():
@@ -33,3 +33,25 @@ def test_unknown_fields_in_a_stored_config_are_rejected():
         RunConfig.from_dict({"model": {}, "temperature": 3})
     with pytest.raises(SpecError, match="must be given as an object"):
         RunConfig.from_dict({"model": "smollm"})
+
+
+@pytest.mark.parametrize("rope, transform", [("yarn:2,layer_type=global", "jrt:times=3"), ("nope:layers=0-5", "sandwich")])
+def test_layer_types_and_transforms_round_trip_and_older_records_read_the_same(rope, transform):
+    config = RunConfig(rope=RopeSpec.parse(rope), transform=TransformSpec.parse(transform))
+    assert RunConfig.from_dict(config.to_dict()) == config
+    assert RopeSpec.parse(config.rope.label) == config.rope and TransformSpec.parse(config.transform.label) == config.transform
+    plain = RunConfig().to_dict()  # what a record written before either setting existed holds
+    assert "transform" not in plain and "layer_type" not in plain["rope"] and RunConfig.from_dict(plain) == RunConfig()
+
+
+@pytest.mark.parametrize("text, words", [("yarn:2,layer_type=middle", "not one of all, global, local"),
+                                         ("nope:layers=5-2", "from a lower to a higher layer"),
+                                         ("nope:layers=x", "must be all, one layer A or a range A-B")])
+def test_bad_layer_settings_say_what_to_change(text, words):
+    with pytest.raises(SpecError, match=words):
+        RopeSpec.parse(text)
+
+
+def test_an_unknown_transform_lists_the_known_ones():
+    with pytest.raises(SpecError, match="Unknown context transform 'twice'. Available: none, jrt, sandwich"):
+        TransformSpec.parse("twice")
