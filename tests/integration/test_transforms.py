@@ -53,3 +53,12 @@ def test_cli_probe_reads_the_context_twice_logs_it_and_replays_it():
     assert app("replay", output["run_id"])["identical"]  # the rebuilt prompt, context twice, is the stored one
     task = app("probe", "--task", "passkey", "--length", "1200", "--transform", "sandwich")
     assert task["transform"] == "sandwich" and task["prompt"].count("What is the pass key?") == 2
+
+
+def test_sweep_b_keeps_as_transform_unless_told():
+    from engines.config.specs import RunConfig
+    from ui.sweep import b_config
+
+    a = RunConfig(transform=TransformSpec.parse("jrt:times=3"))
+    b = b_config(a, "gemma3-270m", "none", "auto", True, "")
+    assert b.transform == a.transform and b.model.model == "gemma3-270m"
