@@ -163,7 +163,7 @@ def two_branch_attention(module, query, key, value, scaling, own_window: int | N
     parts = [_window_attention(query, key, value, q_pos, window, scaling)]
     if count:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        outs, lses = [], []
+        inv_freq, outs, lses = rule.inv_freq(module), [], []
         for start in range(0, q_len, PORTABLE_ROWS):  # rows x far keys at a time (ReRoPE's far keys: all)
             rows = slice(start, start + PORTABLE_ROWS)
             far = window_and_far(rule, own_window, q_pos[rows], k_pos, kv_len)[2]
@@ -171,8 +171,8 @@ def two_branch_attention(module, query, key, value, scaling, own_window: int | N
                 outs.append(torch.zeros_like(query[:, :, rows]))
                 lses.append(torch.full(query.shape[:2] + (far.shape[0],), float("-inf"), device=query.device))
                 continue
-            scores = far_scores(rule, rule.inv_freq(module), query[:, :, rows], key, q_pos[rows], k_pos, count,
-                                window, scale).masked_fill(~far, float("-inf"))
+            scores = far_scores(rule, inv_freq, query[:, :, rows], key, q_pos[rows], k_pos, count, window,
+                                scale).masked_fill(~far, float("-inf"))
             lse = torch.logsumexp(scores, dim=-1)  # -inf for a row that sees no far key
             weights = torch.exp(scores - lse[..., None]).nan_to_num()
             outs.append((weights @ value[:, :, :count].float()).to(query.dtype))
