@@ -18,6 +18,6 @@ class TransformKind(Kind):
 
 def transformed(spec, context: str, question: str) -> tuple[str, str]:
     """(context, question) under `spec` (a TransformSpec, or None for none); an empty context stays empty."""
-    if spec is None or spec.kind == "none" or not context:
+    if spec is None or not context:
         return context, question
     return lookup("transform", spec.kind).apply(spec, context, question)
