@@ -59,8 +59,14 @@ class Source:
     numbered: bool = False  # documents: render "Document [n]" in final order
 
 
+def split_sentences(text: str) -> list[str]:
+    """Sentences: split at . ! or ? followed by white space."""
+    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+
+
 def sentences_of(text: str) -> list[str]:
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if 20 <= len(s.strip()) <= 400]
+    """The sentences of prose fit for a haystack: 20 to 400 characters."""
+    return [s for s in split_sentences(text) if 20 <= len(s) <= 400]
 
 
 @lru_cache(maxsize=1)
@@ -132,8 +138,10 @@ def read_upload(path: str | Path) -> str:
     return text
 
 
-def render(src: Source, fillers: list[str], pieces: list[Piece], filler_tokens: list[int]) -> tuple[str, list[Span]]:
-    """Join fillers with pieces placed at their depths; returns the text and the pieces' spans."""
+def render(src: Source, fillers: list[str], pieces: list[Piece], filler_tokens: list[int],
+           arrange: Callable[[list[str]], list[int]] | None = None) -> tuple[str, list[Span]]:
+    """Join fillers with pieces placed at their depths, then put in the order `arrange` gives (indices
+    into the units' texts), if any; returns the text and the pieces' spans."""
     total = sum(filler_tokens)
     cumulative, running = [0], 0
     for count in filler_tokens:
@@ -151,6 +159,8 @@ def render(src: Source, fillers: list[str], pieces: list[Piece], filler_tokens: 
         items.extend((p.text, p) for p in slots.get(k, []))
         if k < len(fillers):
             items.append((fillers[k], None))
+    if arrange is not None:
+        items = [items[i] for i in arrange([unit for unit, _ in items])]
     text, spans = src.opening, []
     for index, (unit, piece) in enumerate(items):
         if index:

@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any, ClassVar
 
 from engines.config.kinds import Kind, Setting, entries, lookup, register
+from engines.context.transforms import document_order, orders_documents
 from engines.decoding.generation import format_prompt, raw_start
 from engines.probes.benchmarks import DIRECT, SIZED, settings_of
 from engines.probes.benchmarks.ruler import Sample, cwe_vocabulary
@@ -31,8 +32,10 @@ from engines.probes.haystack import (
     random_uuid,
     render,
     source,
+    split_sentences,
 )
 from engines.probes.reference_data import english_words
+from engines.probes.retrieval import ranking
 
 LENGTH_TOLERANCE = 0.01
 
@@ -275,15 +278,26 @@ def build_multidoc_qa(rng: random.Random, params: dict, depth: float, length: in
     data = multidoc_set()
     item = data["questions"][rng.randrange(len(data["questions"]))]
     gold = next(d for d in data["documents"] if d["title"] == item["gold"])
-    others = Source("documents", lambda filler_rng: (
-        unit for unit in source("documents").units(filler_rng) if not unit.startswith(f"(Title: {gold['title']})")),
-        separator="\n\n", numbered=True)
+    question = f"Question: {item['question']}"
+
+    def others(filler_rng: random.Random) -> Iterator[str]:
+        stream = (unit for unit in source("documents").units(filler_rng)
+                  if not unit.startswith(f"(Title: {gold['title']})"))
+        if params.get("negatives") == "hard":  # one round of the document set, the most like the question first
+            pool: list[str] = []
+            for unit in stream:
+                if unit in pool:
+                    break
+                pool.append(unit)
+            yield from (pool[i] for i in ranking(question, pool))
+        yield from stream
+
     index = params.get("doc_index")
     return Plan([Piece(document(gold["title"], gold["text"]), "gold", depth, gold["title"],
                        None if index is None else int(index))],
-                f"Question: {item['question']}", tuple(item["answers"]), answer_prefix="Answer:",
+                question, tuple(item["answers"]), answer_prefix="Answer:",
                 intro="Answer the question using only the search results below; some of them are irrelevant.",
-                logprob_target=" " + item["answers"][0], source=others)
+                logprob_target=" " + item["answers"][0], source=Source("documents", others, "\n\n", numbered=True))
 
 
 def _conditional_key(rng: random.Random) -> str:
@@ -386,7 +400,9 @@ BUILDERS: dict[str, tuple[Callable[[random.Random, dict, float, int], Plan], tup
     "kv_retrieval": (build_kv_retrieval, ()),
     "multidoc_qa": (build_multidoc_qa, (
         Setting("doc_index", "int", None, "put the gold document after this many documents; default by depth",
-                0, 10_000),)),
+                0, 10_000),
+        Setting("negatives", "str", "random", "the other documents: random, or hard (those most like the question "
+                "by BM25 first)", choices=("random", "hard")))),
     "threading": (build_threading, (
         Setting("mode", "str", "single", "what is asked",
                 choices=("single", "multiple", "conditional", "threading", "multi_threading")),
@@ -467,6 +483,14 @@ def build_probe(tokenizer, spec: ProbeSpec, chat_template: bool = True, upload_t
                                      float(spec.depth), spec.length)
     haystack_name = spec.haystack or task.haystack
     src = plan.source or source(haystack_name, upload_text)
+    ordering = transform if orders_documents(transform) else None
+    if ordering is not None:
+        if not src.numbered:
+            raise HaystackError(f"'{ordering.kind}' orders documents, and the '{src.name}' haystack has none; "
+                                "choose a task whose haystack is documents (litm_qa) or the 'documents' "
+                                "haystack.")
+        transform = None  # applied to the documents, before they are numbered
+    arrange = None if ordering is None else (lambda texts: document_order(ordering, texts, plan.question))
 
     def prompt_for(size: int) -> tuple[str, list[Span]]:
         if plan.sized_context is not None:
@@ -474,7 +498,8 @@ def build_probe(tokenizer, spec: ProbeSpec, chat_template: bool = True, upload_t
         else:
             units.ensure(size)
             chosen = units.order[:size]
-            body, spans = render(src, [units.texts[i] for i in chosen], plan.pieces, [units.tokens[i] for i in chosen])
+            body, spans = render(src, [units.texts[i] for i in chosen], plan.pieces, [units.tokens[i] for i in chosen],
+                                 arrange)
         head = plan.intro + "\n" if plan.intro else ""
         prompt = format_prompt(tokenizer, head + body, plan.question, chat_template, plan.answer_prefix, transform)
         placed, at = [], prompt.find(head + body)
@@ -482,6 +507,8 @@ def build_probe(tokenizer, spec: ProbeSpec, chat_template: bool = True, upload_t
             offset = at + len(head)
             placed += [Span("haystack", src.name, offset, offset + len(body))] + [s.shifted(offset) for s in spans]
             at = prompt.find(head + body, at + len(head + body))
+        if not placed:  # the transform rewrote the context: find the sentences of the haystack and pieces again
+            placed = relocated(prompt, body, [Span("haystack", src.name, 0, len(body))] + spans)
         return prompt, placed
 
     def measure(size: int) -> int:
@@ -500,6 +527,22 @@ def build_probe(tokenizer, spec: ProbeSpec, chat_template: bool = True, upload_t
     return ProbeInstance(spec, task.name, prompt, plan.question, plan.answer_prefix, plan.expected, task.scorer,
                          token_spans, prompt_tokens, len(prompt), task.max_new_tokens, plan.logprob_target,
                          plan.logprob_lead, src.name)
+
+
+def relocated(prompt: str, body: str, spans: list[Span]) -> list[Span]:
+    """The spans of `body` found again in `prompt` after a transform rewrote it, each from its first sentence
+    to its last, found one after another (by line, then sentence); a span whose sentences the rewrite lost
+    is left out."""
+    placed = []
+    for span in spans:
+        sentences = [s for line in body[span.start:span.end].splitlines() for s in split_sentences(line)]
+        start = end = prompt.find(sentences[0]) if sentences else -1
+        for sentence in sentences:
+            found = prompt.find(sentence, end) if end >= 0 else -1
+            end = found + len(sentence) if found >= 0 else -1
+        if start >= 0 and end >= 0:
+            placed.append(Span(span.kind, span.label, start, end))
+    return placed
 
 
 def reference_prompt(tokenizer, sample: Sample, chat_template: bool) -> str:

@@ -9,6 +9,3 @@ from engines.context.transforms import TransformKind
 class Untransformed(TransformKind):
     name = "none"
     description = "the context and question as built"
-
-    def apply(self, spec, context, question):
-        return context, question

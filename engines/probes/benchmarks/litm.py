@@ -9,9 +9,10 @@ qa.prompt template, "Document [i](Title: ...) text" lines, the gold document at 
 The paper's kv data files are random UUID pairs; here they are drawn by the seed. Its QA data
 (NaturalQuestions-Open with Contriever-retrieved distractors, 10, 20 or 30 documents) cannot be fetched
 offline: litm.qa asks the lab's own written questions and documents (assets/multidoc.json), so it allows
-at most as many documents as that set holds. The asked pair's or gold document's index is the depth's
-share of them (depth 0: the first, 100: the last). The length does not size the prompt: it is the most
-the prompt plus its new tokens may take.
+at most as many documents as that set holds; its distractors are drawn at random, or (distractors=retrieved)
+are the lab's BM25 retriever's best in score order, as the paper's were Contriever's. The asked pair's or
+gold document's index is the depth's share of them (depth 0: the first, 100: the last). The length does
+not size the prompt: it is the most the prompt plus its new tokens may take.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import random
 from engines.config.errors import HaystackError
 from engines.config.kinds import Setting
 from engines.probes.benchmarks.ruler import Sample
-from engines.probes.haystack import multidoc_set, random_uuid
+from engines.probes.haystack import document, multidoc_set, random_uuid
+from engines.probes.retrieval import ranking
 
 TEMPLATE = ("Extract the value corresponding to the specified key in the JSON object below.\n\n{query}JSON data:\n"
             "{records}\n\nKey: \"{key}\"\nCorresponding value:")
@@ -55,7 +57,12 @@ def qa(tokenizer, length: int, depth: float, seed: int, params: dict) -> Sample:
     rng = random.Random(f"litm-qa-{seed}")
     item = data["questions"][rng.randrange(len(data["questions"]))]
     gold = next(d for d in data["documents"] if d["title"] == item["gold"])
-    documents = rng.sample([d for d in data["documents"] if d is not gold], count - 1)
+    others = [d for d in data["documents"] if d is not gold]
+    if params["distractors"] == "retrieved":  # the paper's way: the retriever's best that are not the gold one
+        documents = [others[i] for i in ranking(item["question"], [document(d["title"], d["text"]) for d in others])]
+        documents = documents[:count - 1]
+    else:
+        documents = rng.sample(others, count - 1)
     documents.insert(round(depth / 100 * (count - 1)), gold)
     lines = [f"Document [{i + 1}](Title: {d['title']}) {d['text']}" for i, d in enumerate(documents)]
     gold_line = lines[documents.index(gold)]
@@ -63,7 +70,9 @@ def qa(tokenizer, length: int, depth: float, seed: int, params: dict) -> Sample:
                   tuple(item["answers"]), (gold_line,), question=f"Question: {item['question']}\nAnswer:")
 
 
-QA_SETTINGS = (Setting("num_documents", "int", 10, "documents, the gold one included (the paper: 10, 20, 30)", 2, 1000),)
+QA_SETTINGS = (Setting("num_documents", "int", 10, "documents, the gold one included (the paper: 10, 20, 30)", 2, 1000),
+               Setting("distractors", "str", "random", "the other documents: random, or retrieved (BM25's best, in "
+                       "its order, as the paper's were Contriever's)", choices=("random", "retrieved")))
 SETTINGS = (Setting("num_pairs", "int", 75, "key-value pairs (the paper: 75, 140, 300)", 2, 2000),
             Setting("query_aware", "int", 0, "1: the key also before the data (query-aware contextualization)", 0, 1))
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from engines.config.kinds import Setting
-from engines.probes.haystack import random_uuid
+from engines.probes.haystack import random_uuid, split_sentences
 from engines.probes.reference_data import english_words, paul_graham_essays, wonderwords_lists
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -93,10 +93,6 @@ def draw(rng: random.Random, kind: str) -> str:
         adjectives, nouns = key_parts()
         return f"{rng.choice(adjectives)}-{rng.choice(nouns)}"
     return random_uuid(rng)
-
-
-def split_sentences(text: str) -> list[str]:
-    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
 
 
 def essay_context(rng: random.Random, size: int, needles: list[str]) -> str:
