@@ -171,8 +171,14 @@ def two_branch_attention(module, query, key, value, scaling, own_window: int | N
                 outs.append(torch.zeros_like(query[:, :, rows]))
                 lses.append(torch.full(query.shape[:2] + (far.shape[0],), float("-inf"), device=query.device))
                 continue
-            scores = far_scores(rule, inv_freq, query[:, :, rows], key, q_pos[rows], k_pos, count, window,
-                                scale).masked_fill(~far, float("-inf"))
+            queries, keys, pairs = far_operands(rule, inv_freq, query[:, :, rows], key, q_pos[rows], k_pos, count,
+                                                window)
+            if pairs is None:  # a turn per query and per key (sinks, Lambda, ReRoPE): the fused kernel, bool mask
+                out, lse = _attend(queries, keys, value[:, :, :count], far, scale)
+                outs.append(out)
+                lses.append(lse)
+                continue
+            scores = pair_scores(query[:, :, rows], keys, pairs, inv_freq, scale).masked_fill(~far, float("-inf"))
             lse = torch.logsumexp(scores, dim=-1)  # -inf for a row that sees no far key
             weights = torch.exp(scores - lse[..., None]).nan_to_num()
             outs.append((weights @ value[:, :, :count].float()).to(query.dtype))
@@ -181,18 +187,31 @@ def two_branch_attention(module, query, key, value, scaling, own_window: int | N
     return merge_by_lse(parts)
 
 
-def far_scores(rule, inv_freq, query, key, q_pos, k_pos, count, window, scaling):
-    """Scores [b, h, q, count] of the queries against the first `count` keys at the distance the mask
-    kind gives them beyond the window: a rotation per query, per key, or per (query, key) pair, with the
-    layer's frequencies `inv_freq`."""
+def far_operands(rule, inv_freq, query, key, q_pos, k_pos, count, window):
+    """The queries and the first `count` keys turned to the distance the mask kind gives them beyond the
+    window, with the layer's frequencies `inv_freq`. When the turn is per (query, key) pair (Lambda's
+    clamp) the queries come back as they are and the turns [q, count] third; otherwise that is None."""
     q_delta, k_delta = rule.kind.far_rotation(rule.spec, q_pos, k_pos, count, window)
     keys = key[:, :, :count] if k_delta is None else rotate(key[:, :, :count], k_delta, inv_freq)
-    if q_delta is None or q_delta.dim() == 1:
-        queries = query if q_delta is None else rotate(query, q_delta, inv_freq)
-        return queries.float() @ keys.float().transpose(-1, -2) * scaling
-    columns = [(rotate(query, q_delta[:, j], inv_freq).float() * keys[:, :, j:j + 1].float()).sum(-1)
-               for j in range(count)]
+    if q_delta is not None and q_delta.dim() == 2:
+        return query, keys, q_delta
+    return (query if q_delta is None else rotate(query, q_delta, inv_freq)), keys, None
+
+
+def pair_scores(query, keys, pairs, inv_freq, scaling):
+    """Scores [b, h, q, count] with the query turned by a different amount for each key (`pairs` [q, count])."""
+    columns = [(rotate(query, pairs[:, j], inv_freq).float() * keys[:, :, j:j + 1].float()).sum(-1)
+               for j in range(keys.shape[2])]
     return torch.stack(columns, dim=-1) * scaling
+
+
+def far_scores(rule, inv_freq, query, key, q_pos, k_pos, count, window, scaling):
+    """Scores [b, h, q, count] of the queries against the first `count` keys at the distance the mask
+    kind gives them beyond the window."""
+    queries, keys, pairs = far_operands(rule, inv_freq, query, key, q_pos, k_pos, count, window)
+    if pairs is None:
+        return queries.float() @ keys.float().transpose(-1, -2) * scaling
+    return pair_scores(queries, keys, pairs, inv_freq, scaling)
 
 
 class AttentionCapture:
