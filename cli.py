@@ -21,6 +21,7 @@ from engines.config.paths import ASSETS
 from engines.config.policy import limits
 from engines.config.specs import (
     DTYPES,
+    KNOB_LIMIT,
     QUANT_4BIT_TYPES,
     QUANTS,
     DecodingSpec,
@@ -38,7 +39,8 @@ from engines.probes.haystack import read_upload
 from engines.probes.runner import SCORE_MODES, check_prompt_length, max_prompt_tokens, run_free, run_probe
 from engines.probes.tasks import ProbeSpec, build_probe, get_task, load_tasks
 from engines.studies.benchmark import benchmark_table, table_csv
-from engines.studies.conflicts import conflict_summary, run_conflicts
+from engines.studies.conflicts import conflict_summary, knob_curve, run_conflicts
+from engines.studies.knob import find_knob
 from engines.studies.sift import benchmark_summary, query_of, run_benchmark, run_sift
 from engines.studies.sweeps import SweepSpec
 from services.cluster import RayWorkers
@@ -86,6 +88,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                         f"sinks:n_sink=4,window=1024 (kinds: {', '.join(entries('mask'))})")
     parser.add_argument("--transform", default="none", help="context transform KIND[:key=value,...], e.g. jrt or "
                         f"jrt:times=3 (kinds: {', '.join(entries('transform'))})")
+    parser.add_argument("--knob", type=float, action="append", default=None,
+                        help="the context-sensitivity knob: this many times the model's context direction added "
+                        f"at its layer (-{KNOB_LIMIT} to {KNOB_LIMIT}; + follows the context more, - less; found once "
+                        "per model); repeat on decode --conflicts to compare values")
     parser.add_argument("--session", help="log into this session id (default: a new session)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -101,9 +107,13 @@ def config_from_args(args: argparse.Namespace, default_new_tokens: int) -> RunCo
                      dtype=args.dtype, device=args.device)
     new_tokens = default_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     method = args.method[0] if isinstance(args.method, list) else args.method
+    knobs = args.knob or [0.0]
+    if len(knobs) > 1 and not getattr(args, "conflicts", False):
+        raise SpecError("--knob takes one value here; repeat it only on decode --conflicts, to compare values.")
     return RunConfig(model=spec, chat_template=not args.no_chat_template, max_new_tokens=new_tokens,
                      rope=RopeSpec.parse(args.rope), mask=MaskSpec.parse(args.mask),
-                     decoding=DecodingSpec.parse(method or "greedy"), transform=TransformSpec.parse(args.transform))
+                     decoding=DecodingSpec.parse(method or "greedy"), transform=TransformSpec.parse(args.transform),
+                     knob=knobs[0])
 
 
 def _store() -> Store:
@@ -220,6 +230,11 @@ def cmd_decode(args: argparse.Namespace) -> dict[str, Any]:
     config = dataclasses.replace(config_from_args(args, default_new_tokens=32), decoding=specs[0])
     loaded = MANAGER.get(config.model, first_use_progress)
     if args.conflicts:
+        if args.knob:  # the first method at each knob value
+            rows = list(knob_curve(loaded, config, args.knob, limit=args.limit))
+            knob = find_knob(loaded).record(0)
+            return {"knob_context_share": conflict_summary(rows, by="knob"), "knob_layer": knob["layer"],
+                    "knob_norm": knob["norm"], "rows": rows, "model": config.model.model, "dtype": loaded.dtype_name}
         rows = list(run_conflicts(loaded, config, specs, limit=args.limit))
         return {"summary": conflict_summary(rows), "rows": rows, "model": config.model.model,
                 "dtype": loaded.dtype_name}
@@ -351,10 +366,10 @@ def config_with(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             data[key] = specs[key].parse(str(value)).to_dict()
         elif key in data["model"]:
             data["model"][key] = str(value) if key == "model" else value
-        elif key in data and key != "model":
+        elif (key in data and key != "model") or key == "knob":
             data[key] = value
         else:
-            settings = [*data["model"], "chat_template", "max_new_tokens", "rope", "mask", "decoding", "transform"]
+            settings = [*data["model"], "chat_template", "max_new_tokens", "rope", "mask", "decoding", "transform", "knob"]
             raise SpecError(f"--b {key}=... is not a setting; use one of: {', '.join(settings)}.")
     return RunConfig.from_dict(data)
 

@@ -30,7 +30,8 @@ from engines.decoding.generation import encode, format_prompt
 from engines.model.loading import MANAGER, LoadedModel
 from engines.probes.runner import masking_effect, max_prompt_tokens, run_free, run_probe
 from engines.probes.tasks import ProbeSpec, build_probe, get_task
-from engines.studies.conflicts import conflict_summary, run_conflicts
+from engines.studies.conflicts import conflict_summary, knob_curve, run_conflicts
+from engines.studies.knob import find_knob
 from engines.studies.sift import MAX_CALLS, SiftResult, equivalent, problems, query_of, run_sift
 from engines.studies.sweep_stats import by_depth
 from engines.studies.sweeps import SweepSpec, build_cells, check_cells, run_sweep
@@ -199,6 +200,15 @@ def conflicts_study(loaded: LoadedModel, base: RunConfig, s: dict, should_stop) 
         yield Step(len(rows), len(methods) * s["items"], {"summary": conflict_summary(rows), "rows": rows})
 
 
+def knob_study(loaded: LoadedModel, base: RunConfig, s: dict, should_stop) -> Iterator[Step]:
+    """The conflict set at each knob value: the share of answers that follow the context against the knob."""
+    rows: list[dict] = []
+    for row in knob_curve(loaded, configured(base, s), s["knobs"], should_stop, s["items"]):
+        rows.append(row)
+        yield Step(len(rows), len(s["knobs"]) * s["items"], {"summary": conflict_summary(rows, by="knob"), "rows": rows,
+                                                             "layer": find_knob(loaded).layer})
+
+
 def decode_study(loaded: LoadedModel, base: RunConfig, s: dict, should_stop) -> Iterator[Step]:
     """One question answered by several decoding methods: each method's answers and their diversity."""
     prompt = format_prompt(loaded.tokenizer, s.get("context", ""), s["question"], base.chat_template,
@@ -241,7 +251,7 @@ def _mass_by_kind(far: dict) -> str:
 
 STUDIES: dict[str, Callable[..., Iterator[Step]]] = {
     "grid": grid_study, "models": models_study, "nll": nll_study, "heads": heads_study, "conflicts": conflicts_study,
-    "decode": decode_study, "sift": sift_study}
+    "knob": knob_study, "decode": decode_study, "sift": sift_study}
 
 
 def run_card(card: Card, loaded: LoadedModel, base: RunConfig,
@@ -292,6 +302,10 @@ def result_sentence(card: Card, data: dict) -> str:
     if card.study == "conflicts":
         return "Answers following the context: " + ", ".join(
             f"{row['method']} {row['follows_context']:.0%}" for row in data["summary"]) + "."
+    if card.study == "knob":
+        return f"Answers following the context, by knob (layer {data['layer']}): " + ", ".join(
+            f"{row['knob']:g}: {row['follows_context']:.0%}" for row in data["summary"]) + "; following memory: " + ", ".join(
+            f"{row['knob']:g}: {row['follows_memory']:.0%}" for row in data["summary"]) + "."
     if card.study == "decode":
         return "Distinct bigrams among the beams: " + ", ".join(
             f"{run['method']} {run['diversity']['distinct_2']:.2f}" for run in data["runs"] if run["diversity"]) + "."

@@ -11,6 +11,7 @@ from engines.decoding.generation import GenerationResult
 from engines.model.loading import LoadedModel
 from engines.probes.runner import ProbeOutcome
 from engines.probes.tasks import ProbeSpec
+from engines.studies.knob import find_knob
 from services.visitors import session_to_log, with_visitor
 from storage.db import StorageError, Store, logging_enabled, new_id
 
@@ -78,6 +79,8 @@ def write_run(store: Store | None, session_id: str, kind: str, config: RunConfig
     """
     if store is None or not logging_enabled():
         return None
+    if config.knob and isinstance(loaded, LoadedModel):  # the knob's layer and direction, kept with the run
+        outputs = outputs | {"knob": find_knob(loaded).record(config.knob)}
     try:
         return store.log_run(session_id, kind, config.to_dict(), inputs, outputs,
                              loaded if isinstance(loaded, dict) else loaded.provenance() if loaded else {},

@@ -12,12 +12,13 @@ import gradio as gr
 from engines.config.errors import LabError
 from engines.config.kinds import entries
 from engines.config.policy import limits
-from engines.config.specs import DecodingSpec, SpecError
+from engines.config.specs import KNOB_LIMIT, DecodingSpec, RunConfig, SpecError
 from engines.decoding.generation import GenerationResult, format_prompt
 from engines.model.loading import MANAGER
 from engines.probes.runner import ProbeOutcome, check_prompt_length, max_prompt_tokens, run_free, run_probe
 from engines.probes.tasks import ProbeSpec, build_probe, load_tasks
-from engines.studies.conflicts import conflict_summary, load_conflicts, run_conflicts
+from engines.studies.conflicts import conflict_summary, knob_curve, load_conflicts, run_conflicts
+from engines.studies.knob import find_knob
 from services.run_log import log_generation, log_probe, session_for, write_run
 from storage.db import StorageError, Store
 from ui import figures
@@ -32,6 +33,7 @@ CAD_HEADERS = ["method", "step", "chosen", "with context (top 3)", "without cont
 ALTERNATIVE_HEADERS = ["method", "kind", "text", "score (log p / length)", "search score"]
 SUMMARY_HEADERS = ["method", "items", "follows_context", "follows_memory", "neither"]
 ANSWER_HEADERS = ["method", "item", "answer", "verdict", "seconds"]
+MAX_KNOBS = 7
 
 
 def as_rows(records: list[dict], headers: list[str]) -> list[list]:
@@ -198,6 +200,46 @@ def conflicts(tab: DecodingTab, methods, count, state, *values, progress=gr.Prog
         warn(str(exc))
 
 
+def parse_knobs(text: str) -> list[float]:
+    """Knob values separated by commas or spaces; a bad one becomes a gr.Error naming it."""
+    words = (text or "").replace(",", " ").split()
+    if not 1 <= len(words) <= MAX_KNOBS:
+        raise Refusal(f"Enter 1 to {MAX_KNOBS} knob values separated by commas, e.g. -2, 0, 2.")
+    try:
+        return [RunConfig(knob=float(word)).knob for word in words]
+    except ValueError:
+        raise Refusal(f"Knob values must be numbers from -{KNOB_LIMIT} to {KNOB_LIMIT}, e.g. -2, 0, 2.") from None
+    except SpecError as exc:
+        raise Refusal(str(exc)) from None
+
+
+def knob_run(tab: DecodingTab, methods, knobs, count, state, *values, progress=gr.Progress()):
+    """The first listed method over the conflict set at each knob value: the share that follows the context
+    against the knob."""
+    base = dataclasses.replace(Panel.of(values).config(), decoding=parse_methods(methods)[0])
+    values_wanted = parse_knobs(knobs)
+    loaded_model(base, progress)
+    total, rows = len(values_wanted) * int(count), []
+    log_to, session_id, state = session_for(tab.store, state)
+    progress(0, desc="Finding the model's context direction (once per model)")
+    events = MANAGER.stream(base.model, lambda model, should_stop: knob_curve(
+        model, base, values_wanted, should_stop, int(count)))
+    with said_to_user():
+        for row in events:
+            rows.append(row)
+            progress(len(rows) / total, desc=f"{len(rows)}/{total}: knob {row['knob']:g}")
+            summary = conflict_summary(rows, by="knob")
+            yield {tab.conflict_plot: figures.knob_curve(summary, find_knob(MANAGER.loaded).layer),
+                   tab.conflict_table: as_rows(summary, ["knob", *SUMMARY_HEADERS[1:]]),
+                   tab.conflict_rows: as_rows(rows, ["knob", *ANSWER_HEADERS[1:]]), tab.session: state}
+    try:
+        write_run(log_to, session_id, "knob_curve", base, MANAGER.loaded, {"knobs": values_wanted, "items": int(count)},
+                  {"knob_context_share": conflict_summary(rows, by="knob"), "rows": rows,
+                   "knob": find_knob(MANAGER.loaded).record(None)}, None)
+    except LabError as exc:
+        warn(str(exc))
+
+
 def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
     task_names = [FREE_TEXT, *load_tasks()]
     with gr.Tab("Decoding", id="decoding"):
@@ -236,6 +278,13 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
                 limit = gr.Slider(1, len(load_conflicts()), value=len(load_conflicts()), step=1, label="Items")
                 conflict_run = gr.Button("Run the set", elem_id="conflict-run")
                 conflict_stop = gr.Button("Cancel", variant="stop")
+            gr.Markdown("**The context knob**: the first method above at each knob value. The knob adds that many "
+                        "times a direction of the model's residual stream at one layer, found once per model from "
+                        "other conflicts (those it answers from the context against those it answers from memory); "
+                        "+ should follow the context more, - less.")
+            with gr.Row():
+                knobs = gr.Textbox("-2, 0, 2", label="Knob values", elem_id="knob-values")
+                knob_button = gr.Button("Knob curve", elem_id="knob-run")
             conflict_plot = gr.Plot(label="Whom the answer follows")
             conflict_table = gr.Dataframe(headers=SUMMARY_HEADERS, label="Per method", wrap=True)
             conflict_rows = gr.Dataframe(headers=ANSWER_HEADERS, label="Every answer", wrap=True)
@@ -250,4 +299,7 @@ def build(config: ConfigInputs, store: Store | None, session: gr.State) -> None:
     conflict_event = conflict_run.click(partial(conflicts, tab), [methods, limit, session, *config.all()],
                                         [conflict_plot, conflict_table, conflict_rows, session],
                                         api_name="decode_conflicts", concurrency_id="model")
-    conflict_stop.click(None, cancels=[conflict_event], api_name=False)
+    knob_event = knob_button.click(partial(knob_run, tab), [methods, knobs, limit, session, *config.all()],
+                                   [conflict_plot, conflict_table, conflict_rows, session],
+                                   api_name="decode_knob_curve", concurrency_id="model")
+    conflict_stop.click(None, cancels=[conflict_event, knob_event], api_name=False)

@@ -358,6 +358,19 @@ def conflict_bars(summary: list[dict]) -> go.Figure:
     return fitted(fig)
 
 
+def knob_curve(summary: list[dict], layer: int) -> go.Figure:
+    """The share of conflict answers that follow the context (and the familiar fact) against the knob."""
+    fig = go.Figure()
+    knobs = [row["knob"] for row in summary]
+    for key, colour in (("follows_context", "#2ca02c"), ("follows_memory", "#d62728")):
+        fig.add_trace(go.Scatter(x=knobs, y=[row[key] for row in summary], mode="lines+markers",
+                                 name=key.replace("_", " "), line=dict(color=colour)))
+    fig.update_layout(title=f"The context knob (layer {layer}): whom the answer follows", height=340,
+                      xaxis=dict(title="knob"), yaxis=dict(title="share of items", range=[0, 1]),
+                      margin=dict(l=50, r=10, t=50, b=50))
+    return fitted(fig)
+
+
 STAGE_COLOURS = {"fallback": "#7f7f7f", "stage 1": "#1f77b4", "stage 2": "#ff7f0e", "stage 3": "#9467bd"}
 
 
@@ -525,6 +538,8 @@ def card_figures(study: str, data: dict) -> list[go.Figure]:
                 masking_bars(data["rows"])]
     if study == "conflicts":
         return [conflict_bars(data["summary"])]
+    if study == "knob":
+        return [knob_curve(data["summary"], data["layer"])]
     if study == "decode":
         return [diversity_bars(data["runs"])]
     return [sift_timeline(data["stages"], data.get("resolved_at"))]

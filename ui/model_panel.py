@@ -17,6 +17,7 @@ from engines.config.policy import allowed_models, limits, public_mode
 from engines.config.specs import (
     DTYPES,
     EMBEDDED_MODELS,
+    KNOB_LIMIT,
     QUANT_4BIT_TYPES,
     QUANTS,
     DecodingSpec,
@@ -45,11 +46,12 @@ class ConfigInputs:
     mask: gr.Textbox
     decoding: gr.Textbox
     status: gr.Markdown  # shows the loaded model; not a config value
-    transform: gr.Textbox  # last, so API clients written before it existed keep their positions
+    transform: gr.Textbox  # after the others, so API clients written before it existed keep their positions
+    knob: gr.Number
 
     def all(self) -> list:
         return [self.model, self.quant, self.quant_4bit_type, self.dtype, self.chat_template,
-                self.max_new_tokens, self.rope, self.mask, self.decoding, self.transform]
+                self.max_new_tokens, self.rope, self.mask, self.decoding, self.transform, self.knob]
 
 
 class Panel(NamedTuple):
@@ -65,6 +67,7 @@ class Panel(NamedTuple):
     mask: str = "causal"
     decoding: str = "greedy"
     transform: str = "none"
+    knob: float = 0.0
 
     @classmethod
     def of(cls, values) -> Panel:
@@ -85,7 +88,7 @@ class Panel(NamedTuple):
                                max_new_tokens=int(panel.max_new_tokens), rope=RopeSpec.parse(panel.rope or "default"),
                                mask=MaskSpec.parse(panel.mask or "causal"),
                                decoding=DecodingSpec.parse(panel.decoding or "greedy"),
-                               transform=TransformSpec.parse(panel.transform or "none"))
+                               transform=TransformSpec.parse(panel.transform or "none"), knob=float(panel.knob or 0))
             limits().check_run(config)
             return config
         except (SpecError, ValueError, TypeError) as exc:
@@ -123,7 +126,7 @@ def describe_loaded() -> str:
 
 
 def load(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding, transform="none",
-         progress=gr.Progress()) -> str:
+         knob=0, progress=gr.Progress()) -> str:
     if public_mode():
         raise Refusal("On this shared Space nobody switches the loaded model: each run loads the model it asks "
                       "for, in turn, through the queue. Choose the model above and run.")
@@ -133,12 +136,14 @@ def load(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, ro
 
 
 def summary_line(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding,
-                 transform="none") -> str:
+                 transform="none", knob=0) -> str:
     """The closed panel's one line: what every run will use."""
     quantized = "" if quant == "none" else f" {quant}"
     transformed = "" if (transform or "none").strip() == "none" else f", context {transform}"
+    knobbed = f", knob {knob:g}" if isinstance(knob, (int, float)) and knob else ""
     return (f"Model and run configuration: {model}{quantized}, RoPE {rope}, mask {mask}, {decoding}, "
-            f"{max_new_tokens} new tokens{'' if chat_template else ', no chat template'}{transformed} (open to change)")
+            f"{max_new_tokens} new tokens{'' if chat_template else ', no chat template'}{transformed}{knobbed} "
+            "(open to change)")
 
 
 def relabelled(*values) -> gr.Accordion:
@@ -173,10 +178,13 @@ def build() -> ConfigInputs:
             transform = gr.Textbox("none", label="Context transform", info="KIND[:key=value,...] applied to the "
                                    "context before the prompt is formatted: " + ", ".join(entries("transform"))
                                    + " (jrt: the context read twice; sandwich: the question before and after it)")
+            knob = gr.Number(0, label="Context knob", info=f"-{KNOB_LIMIT} to {KNOB_LIMIT}: the model's context "
+                             "direction added at its layer (+ follows the context more, - less; 0 off; found once per "
+                             "model, about 40 s on a CPU; Decoding tab)")
             load_button = gr.Button("Load", variant="secondary", visible=not public_mode())
         status = gr.Markdown(describe_loaded())
     inputs = ConfigInputs(model, quant, quant_4bit_type, dtype, chat_template, max_new_tokens, rope, mask, decoding, status,
-                          transform)
+                          transform, knob)
     load_button.click(load, inputs.all(), status, api_name="load_model", concurrency_id="model")
     for component in inputs.all():
         component.change(relabelled, inputs.all(), accordion, api_name=False, show_progress="hidden")

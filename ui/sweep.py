@@ -56,7 +56,7 @@ def b_config(a: RunConfig, model, quant, dtype, chat_template, decoding) -> RunC
         spec = ModelSpec(model=(model or "").strip(), quant=quant, quant_4bit_type=a.model.quant_4bit_type,
                          dtype=dtype, device=a.model.device)
         config = RunConfig(model=spec, chat_template=bool(chat_template), max_new_tokens=a.max_new_tokens,
-                           rope=a.rope, mask=a.mask, transform=a.transform,
+                           rope=a.rope, mask=a.mask, transform=a.transform, knob=a.knob,
                            decoding=DecodingSpec.parse(decoding) if (decoding or "").strip() else a.decoding)
         limits().check_run(config)
         return config

@@ -20,6 +20,7 @@ EMBEDDED_MODELS = (EMBEDDED_MODEL, SECOND_EMBEDDED_MODEL)
 QUANTS = ("none", "8bit", "4bit")
 DTYPES = ("auto", "bf16", "fp32", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+KNOB_LIMIT = 10  # the context-sensitivity knob: at most this many times the direction, either way
 QUANT_4BIT_TYPES = ("nf4", "fp4")
 
 
@@ -222,21 +223,27 @@ class RunConfig:
     mask: MaskSpec | None = None  # None: plain causal
     decoding: DecodingSpec | None = None  # None: greedy
     transform: TransformSpec | None = None  # None: the context as built
+    knob: float = 0.0  # the context-sensitivity knob (engines/studies/knob.py); 0: off
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 4096:
             raise SpecError("Max new tokens must be a whole number from 1 to 4096.")
+        knob = self.knob
+        if isinstance(knob, bool) or not isinstance(knob, (int, float)) or not -KNOB_LIMIT <= knob <= KNOB_LIMIT:
+            raise SpecError(f"The knob must be a number from -{KNOB_LIMIT} to {KNOB_LIMIT} (0: off).")
+        object.__setattr__(self, "knob", float(self.knob))
         object.__setattr__(self, "rope", self.rope or RopeSpec())
         object.__setattr__(self, "mask", self.mask or MaskSpec())
         object.__setattr__(self, "decoding", self.decoding or DecodingSpec())
         object.__setattr__(self, "transform", self.transform or TransformSpec())
 
     def to_dict(self) -> dict[str, Any]:
-        """Without `transform` when there is none, so records written before it existed read the same."""
+        """Without `transform` and `knob` when they are off, so records written before they existed read the same."""
         transform = {} if self.transform.kind == "none" else {"transform": self.transform.to_dict()}
+        knob = {"knob": self.knob} if self.knob else {}
         return {"model": self.model.to_dict(), "chat_template": self.chat_template,
                 "max_new_tokens": self.max_new_tokens, "rope": self.rope.to_dict(), "mask": self.mask.to_dict(),
-                "decoding": self.decoding.to_dict()} | transform
+                "decoding": self.decoding.to_dict()} | transform | knob
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:

@@ -43,9 +43,12 @@ def mask_rule(mask: MaskSpec, rotary: torch.nn.Module, spans: list[dict] | None,
 
 @contextmanager
 def run_state(model, rope: RopeSpec, mask: MaskSpec, spans: list[dict] | None = None, prompt_tokens: int = 0,
-              capture=None, heads: list[tuple[int, int]] | None = None) -> Iterator[torch.Tensor | None]:
-    """Run the block with `rope`, `mask`, `capture` and `heads` (layer, head pairs given uniform
-    attention) on `model`; yields the prompt's position ids when documents share positions (else None).
+              capture=None, heads: list[tuple[int, int]] | None = None,
+              steer: tuple[int, torch.Tensor, int] | None = None) -> Iterator[torch.Tensor | None]:
+    """Run the block with `rope`, `mask`, `capture`, `heads` (layer, head pairs given uniform
+    attention) and `steer` (layer, vector, first position: the vector added to that layer's output at
+    every position from the first on, as the knob does) on `model`; yields the prompt's position ids
+    when documents share positions (else None).
 
     Nested blocks start from the original rotary module and inherit the enclosing capture and head
     mask unless they give their own. On exit the model is as it was before the block."""
@@ -58,6 +61,8 @@ def run_state(model, rope: RopeSpec, mask: MaskSpec, spans: list[dict] | None = 
         inner.rotary_emb = rotary_for(original, rope)
         hooks = [inner.layers[i].register_forward_pre_hook(_unrotated, with_kwargs=True)
                  for i in sorted(getattr(inner.rotary_emb, "unrotated_layers", ()))]
+        if steer is not None:
+            hooks += _steering_hooks(inner.layers[steer[0]], *steer)
         rule, positions = mask_rule(mask, inner.rotary_emb, spans, prompt_tokens)
         head_mask: dict[int, list[int]] = {}
         for layer, head in heads or ():
@@ -124,3 +129,24 @@ def token_nll(model, ids: torch.Tensor, rope: RopeSpec, mask: MaskSpec, chunk: i
         step = torch.nn.functional.cross_entropy(logits, targets[start:start + chunk], reduction="none")
         losses.extend(step.tolist())
     return losses
+
+
+def _steering_hooks(layer_module, layer: int, vector: torch.Tensor, first: int) -> list:
+    """Hooks that add `vector` to the layer's output at every position from `first` on; a position is
+    the number of tokens the cache held before this call plus its index in the call."""
+    held = {}
+
+    def before(module, args, kwargs):
+        cache = kwargs.get("cache")
+        held["past"] = cache.get_seq_length(layer) if cache is not None else 0
+
+    def after(module, args, kwargs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        start = max(0, first - held["past"])
+        if start >= hidden.shape[1]:
+            return output
+        hidden = torch.cat([hidden[:, :start], hidden[:, start:] + vector], dim=1)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    return [layer_module.register_forward_pre_hook(before, with_kwargs=True),
+            layer_module.register_forward_hook(after, with_kwargs=True)]

@@ -19,6 +19,7 @@ from engines.decoding.generation import GenerationResult, PrefixCache, TokenEven
 from engines.model.loading import LoadedModel
 from engines.probes.scorers import Score, score
 from engines.probes.tasks import ProbeInstance
+from engines.studies.knob import steering
 
 SCORE_MODES = ("generate", "logprob")
 
@@ -188,7 +189,7 @@ def probe_events(loaded: LoadedModel, instance: ProbeInstance, mode: str = "gene
     if config.mask.looks_ahead:
         prefix = None
     with run_state(loaded.model, config.rope, config.mask, list(instance.spans), instance.prompt_tokens,
-                   capture) as positions:
+                   capture, steer=steering(loaded, config.knob, instance.prompt_tokens)) as positions:
         if mode == "logprob":
             result = logprob_of(loaded, instance.prompt, instance.logprob_target, instance.logprob_lead, prefix,
                                 positions)
@@ -216,7 +217,8 @@ def run_free(loaded: LoadedModel, prompt: str, config: RunConfig,
     check_prompt_length(loaded, prompt)
     if capture is not None:
         check_capture(config)
-    with run_state(loaded.model, config.rope, config.mask, capture=capture):
+    steer = steering(loaded, config.knob, len(encode(loaded.tokenizer, prompt)[0]))
+    with run_state(loaded.model, config.rope, config.mask, capture=capture, steer=steer):
         yield from decoded(loaded, prompt, config, should_stop, plain_prompt=plain_prompt)
 
 

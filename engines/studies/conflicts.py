@@ -2,6 +2,7 @@
 method answers from the context rather than from what the model learnt."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -11,8 +12,9 @@ from engines.config.paths import ASSETS
 from engines.config.specs import DecodingSpec, RunConfig
 from engines.context.run import run_state
 from engines.decoding.decode import decode
-from engines.decoding.generation import GenerationResult, format_prompt
+from engines.decoding.generation import GenerationResult, encode, format_prompt
 from engines.model.loading import LoadedModel
+from engines.studies.knob import steering
 
 ASSET = ASSETS / "conflicts.json"
 COMPARED_METHODS = ("greedy", "sampling:temperature=0.7,seed=1", "beam:num_beams=4", "diverse_beam:num_beams=4",
@@ -47,19 +49,28 @@ def run_conflicts(loaded: LoadedModel, config: RunConfig, methods: list[Decoding
             prompt = format_prompt(loaded.tokenizer, item["context"], item["question"], config.chat_template,
                                    transform=config.transform)
             plain = format_prompt(loaded.tokenizer, "", item["question"], config.chat_template)
-            with run_state(loaded.model, config.rope, config.mask):
+            steer = steering(loaded, config.knob, len(encode(loaded.tokenizer, prompt)[0]))
+            with run_state(loaded.model, config.rope, config.mask, steer=steer):
                 *_, result = decode(loaded, prompt, spec, config.max_new_tokens, should_stop, plain_prompt=plain)
             assert isinstance(result, GenerationResult)
             yield {"method": spec.label, "item": number, "answer": result.text, "verdict": verdict(result.text, item),
                    "seconds": result.seconds}
 
 
-def conflict_summary(rows: list[dict]) -> list[dict]:
-    """Per method: items run and the share that followed the context / the familiar fact."""
+def knob_curve(loaded: LoadedModel, config: RunConfig, knobs: list[float],
+               should_stop: Callable[[], bool] = lambda: False, limit: int | None = None) -> Iterator[dict]:
+    """The config's method on the set at each knob value (engines/studies/knob.py): rows with their knob."""
+    for value in knobs:
+        for row in run_conflicts(loaded, dataclasses.replace(config, knob=value), [config.decoding], should_stop, limit):
+            yield row | {"knob": value}
+
+
+def conflict_summary(rows: list[dict], by: str = "method") -> list[dict]:
+    """Per method (or knob value, `by`): items run and the share that followed the context / the familiar fact."""
     summary = []
-    for method in dict.fromkeys(row["method"] for row in rows):
-        mine = [row for row in rows if row["method"] == method]
+    for value in dict.fromkeys(row[by] for row in rows):
+        mine = [row for row in rows if row[by] == value]
         share = lambda v: round(sum(row["verdict"] == v for row in mine) / len(mine), 3)  # noqa: E731
-        summary.append({"method": method, "items": len(mine), "follows_context": share("context"),
+        summary.append({by: value, "items": len(mine), "follows_context": share("context"),
                         "follows_memory": share("memory"), "neither": share("neither")})
     return summary

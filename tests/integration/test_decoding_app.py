@@ -60,3 +60,16 @@ def test_bad_method_lines_come_back_as_a_sentence(served_app):
                        "greedy\ndiverse_beam:num_beams=3,num_beam_groups=2", *CONFIG, api_name="/decode_compare")
     with pytest.raises(Exception, match="Attention capture follows one sequence"):
         client.predict(CONTEXT, QUESTION, True, *CONFIG[:-1], "beam:num_beams=2", api_name="/probe")
+
+
+def test_knob_curve_runs_in_the_served_app_and_is_logged_with_its_layer(served_app):
+    url, store = served_app
+    client = Client(url, verbose=False)
+    plot, summary, rows = client.predict("greedy", "-2, 2", 2, *CONFIG, api_name="/decode_knob_curve")
+    assert [row[:2] for row in summary["data"]] == [[-2.0, 2], [2.0, 2]] and len(rows["data"]) == 4
+    assert plot is not None
+    logged = store.list_runs(kind="knob_curve")[0]["outputs"]
+    assert [share["knob"] for share in logged["knob_context_share"]] == [-2.0, 2.0]
+    assert logged["knob"]["layer"] >= 1 and len(logged["knob"]["direction"]) == 576
+    with pytest.raises(Exception, match="Knob values must be numbers"):
+        client.predict("greedy", "-2, two", 2, *CONFIG, api_name="/decode_knob_curve")

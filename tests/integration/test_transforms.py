@@ -63,9 +63,9 @@ def test_sweep_b_keeps_as_transform_unless_told():
     from engines.config.specs import RunConfig
     from ui.sweep import b_config
 
-    a = RunConfig(transform=TransformSpec.parse("jrt:times=3"))
+    a = RunConfig(transform=TransformSpec.parse("jrt:times=3"), knob=1.5)
     b = b_config(a, "gemma3-270m", "none", "auto", True, "")
-    assert b.transform == a.transform and b.model.model == "gemma3-270m"
+    assert b.transform == a.transform and b.knob == 1.5 and b.model.model == "gemma3-270m"
 
 
 def titles(prompt: str) -> list[str]:

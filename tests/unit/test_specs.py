@@ -56,3 +56,12 @@ def test_an_unknown_transform_lists_the_known_ones():
     known = "none, jrt, reorder, sandwich, structurize"
     with pytest.raises(SpecError, match=f"Unknown context transform 'twice'. Available: {known}"):
         TransformSpec.parse("twice")
+
+
+def test_the_knob_is_logged_only_when_on_and_kept_within_its_range():
+    from engines.config.specs import RunConfig
+
+    assert "knob" not in RunConfig().to_dict() and RunConfig.from_dict(RunConfig(knob=-2).to_dict()).knob == -2.0
+    for wrong in (10.5, float("nan"), "2", True):
+        with pytest.raises(SpecError, match="The knob must be a number from -10 to 10"):
+            RunConfig(knob=wrong)
