@@ -20,6 +20,7 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import sdpa_mask
 
 from engines.attention.state import current
+from engines.context.masks import SUFFIX, segment_at
 
 LAB_ATTENTION = "lab_sdpa"
 _cpu_flash_with_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -301,7 +302,24 @@ def attention_rows(module, query, key, rows, q_pos, k_pos, scaling, attention_ma
     else:
         seen = (k_pos[None, :] <= positions[:, None]) & (
             (positions[:, None] - k_pos[None, :] < own_window) if own_window else True)
+    weighting = rule.kind.document_weighting(rule.spec) if rule is not None else None
+    if weighting is not None:  # APE: the question's rows read the documents re-weighted, as the forward did
+        return _document_weighted_rows(scores, seen, rule.segments.to(query.device), positions, k_pos, *weighting)
     return torch.softmax(scores.masked_fill(~seen, float("-inf")), dim=-1)
+
+
+def _document_weighted_rows(scores, seen, segments, positions, k_pos, temperature, scale):
+    """Attention probabilities of rows under APE (see document_weighted_attention): scores [b, h, q, kv]."""
+    probs = torch.softmax(scores.masked_fill(~seen, float("-inf")), dim=-1)
+    rows = segment_at(segments, positions) == SUFFIX
+    documents = (segment_at(segments, k_pos) >= 0)[None, :] & seen
+    read = (scores / temperature).masked_fill(~documents, float("-inf"))
+    own = scores.masked_fill(~(seen & ~documents), float("-inf"))
+    read_lse, own_lse = torch.logsumexp(read, -1), torch.logsumexp(own, -1)
+    shares = torch.softmax(torch.stack([scale * temperature * read_lse, own_lse]), dim=0).nan_to_num()
+    weighted = (torch.softmax(read, -1).nan_to_num() * shares[0][..., None]
+                + torch.softmax(own, -1).nan_to_num() * shares[1][..., None])
+    return torch.where(rows[None, None, :, None], weighted, probs)
 
 
 def lab_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -339,6 +357,26 @@ def uniform_heads(out: torch.Tensor, value: torch.Tensor, heads: list[int], grou
     return out
 
 
+def document_weighted_attention(query, key, value, seen, segments, scaling, temperature, scale):
+    """APE's reading of parallel documents (authors' code, ape_llama.py): rows of the question and answer
+    (segment SUFFIX) attend to the documents' keys with scores divided by `temperature` and to the other
+    keys they see as usual, the two merged with weights softmax(scale x temperature x lse_documents,
+    lse_others); every other row attends as `seen` [q, kv] says. Shapes query [b, h, q, d], key/value
+    [b, h, kv, d] (heads repeated)."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    segments = segments.to(query.device)
+    out, _ = _attend(query, key, value, seen, scaling)
+    rows = segment_at(segments, torch.arange(kv_len - q_len, kv_len, device=query.device)) == SUFFIX
+    if bool(rows.any()):
+        documents = (segment_at(segments, torch.arange(kv_len, device=query.device)) >= 0)[None, :] & seen[rows]
+        read, read_lse = _attend(query[:, :, rows], key, value, documents, scaling / temperature)
+        own, own_lse = _attend(query[:, :, rows], key, value, seen[rows] & ~documents, scaling)
+        shares = torch.softmax(torch.stack([scale * temperature * read_lse, own_lse]).float(), dim=0).nan_to_num()
+        out[:, :, rows] = (read.float() * shares[0][..., None] + own.float() * shares[1][..., None]).to(out.dtype)
+    return out
+
+
 def _lab_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs):
     q_len, kv_len = query.shape[2], key.shape[2]
     rule = current(module.config).rule
@@ -346,6 +384,12 @@ def _lab_attention(module, query, key, value, attention_mask, dropout, scaling, 
         groups = getattr(module, "num_key_value_groups", 1)
         out = two_branch_attention(module, query, repeat_kv(key, groups), repeat_kv(value, groups), scaling,
                                    kwargs.get("sliding_window"))
+        return out.transpose(1, 2).contiguous(), None
+    weighting = rule.kind.document_weighting(rule.spec) if rule is not None else None
+    if weighting is not None:  # APE: the question and answer re-weigh the documents (bool mask from lab_mask)
+        groups = getattr(module, "num_key_value_groups", 1)
+        out = document_weighted_attention(query, repeat_kv(key, groups), repeat_kv(value, groups),
+                                          attention_mask[0, 0], rule.segments, scaling, *weighting)
         return out.transpose(1, 2).contiguous(), None
     if (attention_path(query.device.type) == "cpu-fused" and dropout == 0.0 and 1 < q_len < kv_len
             and is_causal_after_prefix(attention_mask, q_len, kv_len)):

@@ -15,12 +15,13 @@ import torch
 @dataclass(frozen=True)
 class MaskRule:
     """The mask in use: its spec and kind, the bool visibility function (for kinds that are not run
-    blockwise), and the rotary module whose live frequencies re-rotate far keys."""
+    blockwise), the rotary module whose live frequencies re-rotate far keys, and the segment ids."""
 
     spec: Any  # engines.config.specs.MaskSpec
     kind: Any  # engines.context.masks.MaskKind
     visibility: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
     rotary: torch.nn.Module
+    segments: torch.Tensor | None = None  # the prompt's segment ids, for kinds that need documents
 
     def inv_freq(self, module: torch.nn.Module) -> torch.Tensor:
         """The frequencies of the attention `module`'s layer, read at call time: dynamic RoPE swaps them

@@ -38,7 +38,7 @@ def mask_rule(mask: MaskSpec, rotary: torch.nn.Module, spans: list[dict] | None,
     visibility = None if kind.blockwise else (
         lambda q, k: visible(mask, q, k, None if segments is None else segments.to(q.device)))
     positions = shared_positions(segments) if mask.shares_positions else None
-    return MaskRule(mask, kind, visibility, rotary), positions
+    return MaskRule(mask, kind, visibility, rotary, segments), positions
 
 
 @contextmanager

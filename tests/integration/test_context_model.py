@@ -89,3 +89,27 @@ def test_context_tab_draws_pictures_and_the_stream(served_app):
     assert client.predict(300, *config, api_name="/context_nll") is not None
     with pytest.raises(Exception, match="out of range"):
         client.predict(2048, *config[:6], "yarn:100", "causal", api_name="/context_pictures")
+
+
+def test_ape_runs_on_documents_and_leaves_their_encoding_to_parallel_encoding(embedded):
+    """On the embedded model: the documents' rows under APE equal plain parallel encoding's; only the
+    question's rows (and so the answer) differ; a prompt without documents is refused with a sentence."""
+    from engines.config.errors import HaystackError
+    from engines.decoding.generation import encode
+    from engines.probes.tasks import ProbeSpec, build_probe
+
+    instance = build_probe(embedded.tokenizer, ProbeSpec("litm_qa", 900, 50, 1))
+    ids = encode(embedded.tokenizer, instance.prompt)
+    last_document = max(s["token_end"] for s in instance.spans if s["kind"] in ("document", "gold"))
+    logits = {}
+    with torch.inference_mode():
+        for text in ("ape", "segments:shared_positions=1"):
+            with run_state(embedded.model, RopeSpec(), MaskSpec.parse(text), list(instance.spans),
+                           instance.prompt_tokens) as positions:
+                logits[text] = embedded.model(input_ids=ids, position_ids=positions[None]).logits.float()
+    ape, parallel = logits["ape"], logits["segments:shared_positions=1"]
+    assert torch.allclose(ape[:, :last_document - 1], parallel[:, :last_document - 1], atol=1e-3)
+    assert not torch.allclose(ape[:, -1], parallel[:, -1], atol=1e-2)
+    with pytest.raises(HaystackError, match="needs a prompt made of documents"):
+        with run_state(embedded.model, RopeSpec(), MaskSpec("ape"), [], 10):
+            pass

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 PAPERS = {"needle-in-a-haystack", "lost-in-the-middle", "beyond-the-window", "attention-sinks", "lm-infinite",
           "retrieval-heads", "needle-threading", "context-aware-decoding", "diverse-beam", "sift",
           "position-bias-masks", "counting-stars", "architectures", "read-twice", "nope", "retrieval-order",
-          "structurize", "rerope", "context-knob"}
+          "structurize", "rerope", "context-knob",
+          "parallel-encoding"}
 CONFIG = ["smollm2-135m-instruct", "none", "nf4", "auto", True, 32, "default", "causal", "greedy"]
 
 

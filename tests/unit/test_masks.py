@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from engines.attention.function import attention_path, lab_mask
+from engines.attention.function import AttentionCapture, attention_path, lab_mask
 from engines.attention.state import current
 from engines.config.specs import MaskSpec, RopeSpec, SpecError
 from engines.context.masks import PREFIX, SUFFIX, segment_ids, shared_positions, visible
@@ -235,3 +235,57 @@ def test_clip_caps_every_distance_at_its_limit(one_layer, path):
     assert torch.allclose(ours[:distance], plain[:distance], atol=1e-5)  # nothing is further back yet
     assert not torch.allclose(ours[distance:], plain[distance:], atol=1e-3)
     assert MaskSpec("clip").get("distance") is None  # the trained length unless given
+
+
+SPANS = [{"kind": "document", "token_start": 4, "token_end": 9}, {"kind": "gold", "token_start": 10, "token_end": 16},
+         {"kind": "document", "token_start": 16, "token_end": 20}]
+
+
+def ape_reference(model, ids, positions, temperature, scale):
+    """The one layer by hand: segments' visibility at shared positions, and for the question's rows the
+    documents read with scores / temperature, merged with the other keys by exp(scale x temperature x lse)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    layer, attention = model.model.layers[0], model.model.layers[0].self_attn
+    hidden = model.model.embed_tokens(ids)
+    x = layer.input_layernorm(hidden)
+    heads, kv_heads, dim = 4, 2, 8
+    q = attention.q_proj(x).view(1, -1, heads, dim).transpose(1, 2)
+    k = attention.k_proj(x).view(1, -1, kv_heads, dim).transpose(1, 2).repeat_interleave(2, dim=1)
+    v = attention.v_proj(x).view(1, -1, kv_heads, dim).transpose(1, 2).repeat_interleave(2, dim=1)
+    q, k = apply_rotary_pos_emb(q, k, *model.model.rotary_emb(x, positions[None]))
+    scores = (q @ k.transpose(-1, -2))[0] / dim ** 0.5  # heads x L x L
+    mix = lambda probs, values: torch.einsum("hk,hkd->hd", probs, values)  # noqa: E731
+    rows, probabilities = [], {}
+    for i in range(ids.shape[1]):
+        seen = torch.tensor([reference("segments", {}, i, j) for j in range(ids.shape[1])])
+        document = torch.tensor([j < len(SEGMENTS) and int(SEGMENTS[j]) >= 0 for j in range(ids.shape[1])])
+        if i < len(SEGMENTS) and int(SEGMENTS[i]) != SUFFIX:
+            rows.append(mix(torch.softmax(scores[:, i].masked_fill(~seen, float("-inf")), -1), v[0]))
+            continue
+        read = (scores[:, i] / temperature).masked_fill(~(seen & document), float("-inf"))
+        own = scores[:, i].masked_fill(~(seen & ~document), float("-inf"))
+        weights = torch.softmax(torch.stack([scale * temperature * read.logsumexp(-1), own.logsumexp(-1)]), 0)
+        probabilities[i] = weights[0][:, None] * torch.softmax(read, -1) + weights[1][:, None] * torch.softmax(own, -1)
+        rows.append(mix(probabilities[i], v[0]))
+    out = attention.o_proj(torch.stack(rows, 1).transpose(0, 1).reshape(1, ids.shape[1], -1))
+    hidden = hidden + out
+    hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return model.lm_head(model.model.norm(hidden)), probabilities
+
+
+@pytest.mark.parametrize("temperature, scale", [(0.9, 0.9), (0.5, 1.3), (1.0, 1.0)])
+def test_ape_equals_its_attention_written_out(one_layer, temperature, scale):
+    ids = torch.randint(0, 64, (1, N))
+    spec = MaskSpec("ape", {"temperature": temperature, "scale": scale})
+    capture = AttentionCapture([21, 23], new_tokens=False)
+    with torch.inference_mode():
+        with run_state(one_layer, RopeSpec(), spec, SPANS, N, capture) as positions:
+            ours = one_layer(input_ids=ids, position_ids=positions[None]).logits
+        expected, probabilities = ape_reference(one_layer, ids, positions, temperature, scale)
+        with run_state(one_layer, RopeSpec(), MaskSpec("segments", {"shared_positions": 1}), SPANS, N) as positions:
+            plain = one_layer(input_ids=ids, position_ids=positions[None]).logits
+    assert torch.allclose(ours, expected, atol=1e-5)
+    assert torch.allclose(capture.prompt[0], torch.stack([probabilities[21], probabilities[23]], 1), atol=1e-5)
+    assert torch.allclose(ours[:, :20], plain[:, :20], atol=1e-5)  # the documents are encoded as parallel encoding
+    assert (temperature, scale) == (1.0, 1.0) or not torch.allclose(ours[:, 20:], plain[:, 20:], atol=1e-3)

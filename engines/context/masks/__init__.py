@@ -52,6 +52,10 @@ class MaskKind(Kind):
         they meet beyond the window (None: as they are)."""
         return None, None
 
+    def document_weighting(self, spec: MaskSpec) -> tuple[float, float] | None:
+        """(temperature, scale) with which the question and answer read the documents (APE), or None."""
+        return None
+
 
 def segment_at(segments: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
     """Segment id of each index; indices past the prompt (generated tokens) are SUFFIX."""
