@@ -93,6 +93,8 @@ def record_rows(run: dict) -> list[list[str]]:
     config = RunConfig.from_dict(run["config"])  # stored configs were checked when written or imported
     settings = {"RoPE": config.rope.label, "mask": config.mask.label, "decoding": config.decoding.label,
                 "context transform": config.transform.label if config.transform.kind != "none" else None,
+                "context knob": (f"{config.knob:g} at layer {run['outputs']['knob']['layer']}"
+                                 if config.knob and "knob" in run["outputs"] else config.knob or None),
                 "max new tokens": config.max_new_tokens, "chat template": config.chat_template,
                 "seconds": run.get("seconds"),
                 "session": run["session_id"], "replay of": run["inputs"].get("replay_of")}

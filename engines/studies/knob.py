@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import torch
 
 from engines.config.paths import ASSETS, lab_home
-from engines.config.specs import MaskSpec, RopeSpec
+from engines.config.specs import MaskSpec, RopeSpec, SpecError
 from engines.context.run import run_state
 from engines.decoding.generation import encode, format_prompt
 from engines.model.loading import LoadedModel
@@ -74,7 +75,9 @@ def _found(loaded: LoadedModel, digest: str) -> Knob:
     else:
         knob = _find(loaded)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(knob)))
+        written = path.with_suffix(f".{os.getpid()}.tmp")
+        written.write_text(json.dumps(asdict(knob)))
+        written.replace(path)  # whole or not at all, for another process reading it
     _FOUND[digest] = knob
     return knob
 
@@ -110,7 +113,8 @@ def _find(loaded: LoadedModel) -> Knob:
     margin = margins()
     follows, ignores = margin > 0, margin < 0  # a tie (both answers open with one token) counts for neither
     if not follows.any() or not ignores.any():
-        raise RuntimeError("The find-set prompts were all answered one way, so no direction separates them.")
+        raise SpecError("This model answers every conflict of the knob's find set the same way, so no direction "
+                        "separates context from memory; run it without the knob (0).")
     with run_state(model, RopeSpec(), MaskSpec()):
         hidden = model(input_ids=plain[0], attention_mask=plain[1], output_hidden_states=True,
                        logits_to_keep=1).hidden_states

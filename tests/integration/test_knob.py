@@ -15,6 +15,7 @@ from engines.decoding.cache import new_cache
 from engines.decoding.generation import encode, format_prompt
 from engines.studies.knob import find_knob, find_set
 from storage.db import Store
+from ui.sessions import record_rows
 
 pytestmark = pytest.mark.model
 
@@ -91,6 +92,7 @@ def test_cli_knob_moves_the_context_share_and_is_logged_with_its_direction():
     run = Store().get_run(json.loads(probe.stdout)["run_id"])
     assert run["config"]["knob"] == 2.0
     assert run["outputs"]["knob"]["layer"] == output["knob_layer"] and len(run["outputs"]["knob"]["direction"]) == 576
+    assert ["context knob", f"2 at layer {output['knob_layer']}"] in record_rows(run)  # the Sessions tab says so
     replay = app("replay", run["id"], "--json")
     assert replay.returncode == 0 and json.loads(replay.stdout)["identical"], replay.stderr
 
