@@ -57,7 +57,10 @@ def test_benchmark_runner_on_two_items(embedded):
         assert row["resolved_at"] in ("stage 1", "stage 2", "stage 3", "fallback")
 
 
+@pytest.mark.slow
 def test_sift_tab_through_gradio_client(served_app):
+    """About two minutes (slow: the browser test drives the same tab, the CLI tests the logging); run
+    with -m slow."""
     url, store = served_app
     client = Client(url, verbose=False)
     config = ["smollm2-135m-instruct", "none", "nf4", "auto", True, 32, "default", "causal", "greedy"]
