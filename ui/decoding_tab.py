@@ -219,7 +219,7 @@ def knob_run(tab: DecodingTab, methods, knobs, count, state, *values, progress=g
     base = dataclasses.replace(Panel.of(values).config(), decoding=parse_methods(methods)[0])
     values_wanted = parse_knobs(knobs)
     loaded_model(base, progress)
-    total, rows = len(values_wanted) * int(count), []
+    total, rows, knob = len(values_wanted) * int(count), [], None
     log_to, session_id, state = session_for(tab.store, state)
     progress(0, desc="Finding the model's context direction (once per model)")
     events = MANAGER.stream(base.model, lambda model, should_stop: knob_curve(
@@ -229,7 +229,8 @@ def knob_run(tab: DecodingTab, methods, knobs, count, state, *values, progress=g
             rows.append(row)
             progress(len(rows) / total, desc=f"{len(rows)}/{total}: knob {row['knob']:g}")
             summary = conflict_summary(rows, by="knob")
-            yield {tab.conflict_plot: figures.knob_curve(summary, find_knob(MANAGER.loaded).layer),
+            knob = knob or find_knob(MANAGER.loaded)  # found during the first row's run; read once
+            yield {tab.conflict_plot: figures.knob_curve(summary, knob.layer),
                    tab.conflict_table: as_rows(summary, ["knob", *SUMMARY_HEADERS[1:]]),
                    tab.conflict_rows: as_rows(rows, ["knob", *ANSWER_HEADERS[1:]]), tab.session: state}
     try:
