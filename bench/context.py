@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 MASKS = ["causal", "sliding_window:window=1024", "sinks:n_sink=4,window=1024",
          "sinks:n_sink=4,window=1024,reindex=1", "lambda:n_global=10,n_local=2048", "segments",
-         "segments:shared_positions=1", "pine", "clip:distance=1024"]
+         "segments:shared_positions=1", "pine", "pine_full", "clip:distance=1024"]
 
 
 def main() -> None:

@@ -1,10 +1,12 @@
-"""Shared fixtures: a private data directory per test, and the real embedded model once per run."""
+"""Shared fixtures: a private data directory per test, and the real embedded model once per run; and the
+one-layer Llama written out by hand that attention references start from."""
 from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,3 +100,24 @@ def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
     if report.when == "call" and report.failed:
         item.outcome_failed = True
+
+
+def one_layer_inputs(model, ids, heads: int = 4, kv_heads: int = 2, dim: int = 8):
+    """A one-layer Llama's attention inputs by hand: the embeddings, the normed input, and q, k, v before
+    RoPE ([1, heads, L, dim], key and value heads repeated)."""
+    layer, attention = model.model.layers[0], model.model.layers[0].self_attn
+    hidden = model.model.embed_tokens(ids)
+    x = layer.input_layernorm(hidden)
+    q = attention.q_proj(x).view(1, -1, heads, dim).transpose(1, 2)
+    repeat = heads // kv_heads
+    k = attention.k_proj(x).view(1, -1, kv_heads, dim).transpose(1, 2).repeat_interleave(repeat, dim=1)
+    v = attention.v_proj(x).view(1, -1, kv_heads, dim).transpose(1, 2).repeat_interleave(repeat, dim=1)
+    return hidden, x, q, k, v
+
+
+def one_layer_logits(model, hidden, rows):
+    """The rest of that one layer, from its attention output per position (each [heads, dim]) to logits."""
+    layer = model.model.layers[0]
+    hidden = hidden + layer.self_attn.o_proj(torch.stack(rows, 1).transpose(0, 1).reshape(1, len(rows), -1))
+    hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return model.lm_head(model.model.norm(hidden))

@@ -9,6 +9,8 @@ block's window of keys instead of the whole prompt under a dense mask.
 
 Window masks run block by block, merged by log-sum-exp, on any device: with torch's fused CPU kernel
 on the CPU, and with plain torch ops elsewhere (`attention_path`); nothing falls back to plain causal.
+A mask kind that scores for itself (PINE) gives the scores, and the softmax runs over them a block of
+query rows at a time (`kind_scores`, `scored_attention`).
 """
 from __future__ import annotations
 
@@ -99,15 +101,18 @@ def prefix_chunk_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
 
 
 def rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate already-rotated rows x [b, h, q, d] by `delta` more positions each ([q]). Only the first
-    2 x len(inv_freq) dimensions turn (models with partial rotary, such as Phi-3, leave the rest)."""
-    angles = delta.to(torch.float32)[:, None] * inv_freq.to(torch.float32)[None, :]
+    """Rotate already-rotated rows x [b, h, q, d] by `delta` more positions each ([q], or any shape that
+    broadcasts against x's leading dimensions, such as [b, h, q] for a turn per head; the result takes the
+    broadcast shape). Only the first 2 x len(inv_freq) dimensions turn (models with partial rotary, such as
+    Phi-3, leave the rest)."""
+    angles = delta.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
     emb = torch.cat([angles, angles], dim=-1)
     cos, sin = emb.cos(), emb.sin()
     turning, kept = x[..., :emb.shape[-1]], x[..., emb.shape[-1]:]
     half = turning.shape[-1] // 2
     turned = torch.cat([-turning[..., half:], turning[..., :half]], dim=-1)
-    return torch.cat([(turning.float() * cos + turned.float() * sin).to(x.dtype), kept], dim=-1)
+    rotated = (turning.float() * cos + turned.float() * sin).to(x.dtype)
+    return torch.cat([rotated, kept.expand(*rotated.shape[:-1], kept.shape[-1])], dim=-1)
 
 
 def _attend(query, key, value, mask, scaling):
@@ -322,23 +327,56 @@ def _document_weighted_rows(scores, seen, segments, positions, k_pos, temperatur
     return torch.where(rows[None, None, :, None], weighted, probs)
 
 
+def kind_scores(module, rule, query, key, scaling, own_window: int | None):
+    """For a mask kind that scores for itself (PINE): a function of query row indices (into this call)
+    giving scores [b, h, rows, kv] over all keys, -inf where unseen, kept within the layer's own
+    sliding window. Shapes query [b, h, q, d], key [b, kv_heads, kv, d]."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    score = rule.kind.scorer(rule.spec, rule.segments.to(query.device), query, key, q_pos, rule.inv_freq(module),
+                             scaling, rule.kept.setdefault(module.layer_idx, {}))
+    if not own_window:
+        return score
+    far = q_pos[:, None] - torch.arange(kv_len, device=query.device)[None, :] >= own_window
+    return lambda rows: score(rows).masked_fill(far[rows], float("-inf"))
+
+
+def scored_attention(score_rows, value: torch.Tensor, q_len: int) -> torch.Tensor:
+    """Softmax attention from a kind's own scores, a block of query rows at a time, as eager attention
+    does it (fp32 softmax, then the value's dtype); every row sees at least itself. value [b, h, kv, d]
+    (heads repeated)."""
+    outs = []
+    for start in range(0, q_len, PORTABLE_ROWS):
+        rows = torch.arange(start, min(start + PORTABLE_ROWS, q_len), device=value.device)
+        outs.append(torch.softmax(score_rows(rows), dim=-1, dtype=torch.float32).to(value.dtype) @ value)
+    return torch.cat(outs, dim=2)
+
+
 def lab_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     q_len, kv_len = query.shape[2], key.shape[2]
     state = current(module.config)
+    groups = getattr(module, "num_key_value_groups", 1)
+    scored = None
+    if state.rule is not None and state.rule.kind.scores_itself:
+        scored = kind_scores(module, state.rule, query, key, scaling, kwargs.get("sliding_window"))
     capture = state.capture
     if capture is not None:
-        groups = getattr(module, "num_key_value_groups", 1)
         q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
         k_pos = torch.arange(kv_len, device=query.device)
         full_key = repeat_kv(key, groups)
-        capture.record(module.layer_idx, q_pos, lambda rows: attention_rows(
-            module, query, full_key, rows, q_pos, k_pos, scaling, attention_mask, kwargs.get("sliding_window")))
+        capture.record(module.layer_idx, q_pos, (lambda rows: torch.softmax(scored(rows), -1, dtype=torch.float32))
+                       if scored is not None else (lambda rows: attention_rows(
+                           module, query, full_key, rows, q_pos, k_pos, scaling, attention_mask,
+                           kwargs.get("sliding_window"))))
+    if scored is not None:
+        out, weights = scored_attention(scored, repeat_kv(value, groups), q_len).transpose(1, 2).contiguous(), None
+    else:
+        out, weights = _lab_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     masked_heads = state.head_mask.get(module.layer_idx)
     if masked_heads:
-        out, weights = _lab_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-        return uniform_heads(out, value, masked_heads, getattr(module, "num_key_value_groups", 1),
-                             kwargs.get("sliding_window")), weights
-    return _lab_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+        return uniform_heads(out, value, masked_heads, groups, kwargs.get("sliding_window")), weights
+    return out, weights
 
 
 def uniform_heads(out: torch.Tensor, value: torch.Tensor, heads: list[int], groups: int,
@@ -413,7 +451,7 @@ def lab_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_func
     kept within the layer's own sliding window when transformers builds the mask of sliding layers
     (it passes the window as `local_size`)."""
     rule = current(config).rule
-    if rule is None or rule.kind.blockwise:
+    if rule is None or rule.kind.blockwise or rule.kind.scores_itself:
         return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
                          kv_offset=kv_offset, mask_function=mask_function, config=config,
                          allow_is_causal_skip=allow_is_causal_skip, **kwargs)

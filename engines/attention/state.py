@@ -22,6 +22,7 @@ class MaskRule:
     visibility: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
     rotary: torch.nn.Module
     segments: torch.Tensor | None = None  # the prompt's segment ids, for kinds that need documents
+    kept: dict = field(default_factory=dict, compare=False)  # what a kind keeps between calls of one run, per layer
 
     def inv_freq(self, module: torch.nn.Module) -> torch.Tensor:
         """The frequencies of the attention `module`'s layer, read at call time: dynamic RoPE swaps them

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from engines.attention.state import current
 from engines.config.errors import SpecError
 from engines.config.specs import DecodingSpec
 from engines.decoding.generation import GenerationResult, PrefixCache, TokenEvent, encode, summarize
@@ -25,6 +26,10 @@ def decode(loaded: LoadedModel, prompt: str, spec: DecodingSpec | None, max_new_
     method = spec.entry
     if method.needs_plain_prompt and plain_prompt is None:
         raise SpecError(f"{spec.method} needs the prompt without its context; run it on a context and a question.")
+    rule = current(loaded.model.config).rule
+    if method.needs_plain_prompt and rule is not None and rule.kind.needs_documents:
+        raise SpecError(f"{spec.method} also runs the prompt without its context, where the '{rule.spec.kind}' mask "
+                        "finds no documents; choose another method or mask.")
     if positions is not None and not method.supports_shared_positions:
         raise SpecError(f"The {spec.method} method does not run with shared document positions; choose another "
                         "method or turn shared_positions off.")

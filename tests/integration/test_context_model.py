@@ -80,6 +80,24 @@ def test_rope_and_mask_flags_reach_the_run_log(private_data_dir):
     assert config["mask"] == {"kind": "sinks", "params": {"n_sink": 4, "window": 256}}
 
 
+def test_pine_in_full_runs_from_the_cli_is_logged_and_replays(private_data_dir):
+    """`probe --mask pine_full` on a prompt of documents: logged with the run, replayed the same; a method
+    that also runs the prompt without its documents is refused with a sentence."""
+    def app(*args):
+        return subprocess.run([sys.executable, str(ROOT / "app.py"), *args], capture_output=True, text=True, timeout=300)
+
+    done = app("probe", "--task", "litm_qa", "--length", "700", "--max-new-tokens", "6", "--mask", "pine_full", "--json")
+    assert done.returncode == 0, done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    from storage.db import Store
+
+    assert Store().get_run(run_id)["config"]["mask"] == {"kind": "pine_full", "params": {}}
+    replayed = app("replay", run_id, "--json")
+    assert replayed.returncode == 0 and json.loads(replayed.stdout)["identical"], replayed.stderr
+    refused = app("probe", "--task", "litm_qa", "--length", "700", "--mask", "pine_full", "--method", "cad", "--json")
+    assert refused.returncode != 0 and "finds no documents" in refused.stderr
+
+
 def test_context_tab_draws_pictures_and_the_stream(served_app):
     url, _ = served_app
     client = Client(url, verbose=False)

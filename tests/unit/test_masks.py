@@ -2,6 +2,7 @@
 under each mask against direct computations on a small random Llama."""
 import pytest
 import torch
+from conftest import one_layer_inputs, one_layer_logits
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from engines.attention.function import AttentionCapture, attention_path, lab_mask
@@ -246,15 +247,9 @@ def ape_reference(model, ids, positions, temperature, scale):
     documents read with scores / temperature, merged with the other keys by exp(scale x temperature x lse)."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    layer, attention = model.model.layers[0], model.model.layers[0].self_attn
-    hidden = model.model.embed_tokens(ids)
-    x = layer.input_layernorm(hidden)
-    heads, kv_heads, dim = 4, 2, 8
-    q = attention.q_proj(x).view(1, -1, heads, dim).transpose(1, 2)
-    k = attention.k_proj(x).view(1, -1, kv_heads, dim).transpose(1, 2).repeat_interleave(2, dim=1)
-    v = attention.v_proj(x).view(1, -1, kv_heads, dim).transpose(1, 2).repeat_interleave(2, dim=1)
+    hidden, x, q, k, v = one_layer_inputs(model, ids)
     q, k = apply_rotary_pos_emb(q, k, *model.model.rotary_emb(x, positions[None]))
-    scores = (q @ k.transpose(-1, -2))[0] / dim ** 0.5  # heads x L x L
+    scores = (q @ k.transpose(-1, -2))[0] / 8 ** 0.5  # heads x L x L
     mix = lambda probs, values: torch.einsum("hk,hkd->hd", probs, values)  # noqa: E731
     rows, probabilities = [], {}
     for i in range(ids.shape[1]):
@@ -268,10 +263,7 @@ def ape_reference(model, ids, positions, temperature, scale):
         weights = torch.softmax(torch.stack([scale * temperature * read.logsumexp(-1), own.logsumexp(-1)]), 0)
         probabilities[i] = weights[0][:, None] * torch.softmax(read, -1) + weights[1][:, None] * torch.softmax(own, -1)
         rows.append(mix(probabilities[i], v[0]))
-    out = attention.o_proj(torch.stack(rows, 1).transpose(0, 1).reshape(1, ids.shape[1], -1))
-    hidden = hidden + out
-    hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    return model.lm_head(model.model.norm(hidden)), probabilities
+    return one_layer_logits(model, hidden, rows), probabilities
 
 
 @pytest.mark.parametrize("temperature, scale", [(0.9, 0.9), (0.5, 1.3), (1.0, 1.0)])

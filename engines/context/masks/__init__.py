@@ -2,7 +2,8 @@
 
 A kind owns its visibility rule (`visible`, on broadcastable index tensors: queries [Q, 1] against keys
 [1, K]) and, for window masks run block by block, its far-key rule: which first keys stay visible
-beyond the window and at what distance. Segment ids mark a prompt's parts: -1 the prefix before the
+beyond the window and at what distance. A kind that moves keys per query and head (PINE) gives its own
+scores instead (`scorer`). Segment ids mark a prompt's parts: -1 the prefix before the
 documents, 0..n-1 the documents, -2 the rest (question, answer, generated tokens).
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ class MaskKind(Kind):
     needs_documents: ClassVar[bool] = False  # needs a prompt made of documents (segment ids)
     looks_ahead: ClassVar[bool] = False  # earlier tokens see later ones
     blockwise: ClassVar[bool] = False
+    scores_itself: ClassVar[bool] = False  # gives the attention function its scores (`scorer`), no bool mask
 
     def visible(self, spec: MaskSpec, q: torch.Tensor, k: torch.Tensor, seg_q: torch.Tensor | None,
                 seg_k: torch.Tensor | None) -> torch.Tensor:
@@ -51,6 +53,15 @@ class MaskKind(Kind):
         """Blockwise kinds: extra positions to rotate the queries [Q] and the far keys [count] by when
         they meet beyond the window (None: as they are)."""
         return None, None
+
+    def scorer(self, spec: MaskSpec, segments: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+               q_pos: torch.Tensor, inv_freq: torch.Tensor, scaling: float, kept: dict):
+        """Kinds that score for themselves: a function of query row indices (into `query`) giving scores
+        [b, h, rows, kv] (in the query's dtype, as eager attention keeps them), -inf where a key is not
+        seen. query [b, h, q, d] and key [b, kv_heads, kv, d] come rotated at their cache indices; q_pos
+        are the queries' indices; `inv_freq` turns them further (engines.attention.function.rotate);
+        `kept` holds what this layer keeps between the calls of one run (one prompt)."""
+        raise NotImplementedError
 
     def document_weighting(self, spec: MaskSpec) -> tuple[float, float] | None:
         """(temperature, scale) with which the question and answer read the documents (APE), or None."""

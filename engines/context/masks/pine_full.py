@@ -1,0 +1,145 @@
+"""PINE as the paper runs it (Wang et al. 2024, Eliminating Position Bias of Language Models: A Mechanistic
+Approach; the authors' released code): documents see each other both ways, and in every layer and head each
+document, and each token of the question and answer, sees the documents placed by how much it attends to
+them, the most attended closest to itself.
+
+The layout is the authors': every document ends where the last one ends (E), so a document's own tokens sit
+at E - length + offset; the question and answer follow at E, E + 1, ... (their cache indices). Importance is
+attention without RoPE over the documents' tokens, summed per document and divided by its length; a
+document leaves itself out and ranks itself first. A document ranked after others moves back by their
+lengths. Keys stay rotated at their cache indices: the query is turned by the difference instead, per row,
+head and document, which gives the same scores as rotating keys at the new places.
+"""
+from __future__ import annotations
+
+import torch
+
+from engines.config.kinds import register
+from engines.context.masks import SUFFIX, segment_at
+from engines.context.masks.pine import Pine, documents_both_ways
+
+
+def document_layout(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Each document's first cache index and length (documents 0..n-1 lie in order, back to back) and
+    the index where the last one ends."""
+    documents = segments[segments >= 0]
+    lengths = torch.bincount(documents, minlength=int(documents.max()) + 1)
+    starts = int((segments >= 0).nonzero()[0]) + lengths.cumsum(0) - lengths
+    return starts, lengths, int(starts[-1] + lengths[-1])
+
+
+def shifts(importance: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """How far back each document moves [..., n]: the summed lengths of the documents ranked above it
+    (most important first; ties in document order, as the authors' stable sort)."""
+    order = torch.argsort(importance, dim=-1, descending=True, stable=True)
+    ranked = lengths[order]
+    return torch.empty_like(ranked).scatter_(-1, order, ranked.cumsum(-1) - ranked)
+
+
+class Repositioned:
+    """The scores of one attention call under PINE: the rankings are made once per call, the scores a
+    block of query rows at a time. query [b, h, q, d], key [b, kv_heads, kv, d] (rotated at their cache
+    indices); `kept` keeps the documents' keys without RoPE (one copy per key head) for the later calls
+    of the run."""
+
+    def __init__(self, segments, query, key, q_pos, inv_freq, scaling, kept: dict, block: int = 1024):
+        from engines.attention.function import repeat_kv, rotate
+
+        groups = query.shape[1] // key.shape[1]
+        self.query, self.q_pos, self.inv_freq, self.scaling = query, q_pos, inv_freq, scaling
+        self.key = repeat_kv(key, groups)
+        device = query.device
+        self.seg_q = segment_at(segments, q_pos)
+        self.seg_k = segment_at(segments, torch.arange(key.shape[2], device=device))
+        starts, lengths, end = document_layout(segments)
+        self.starts, self.lengths, self.end = starts.tolist(), lengths.tolist(), end
+        first = self.starts[0]
+        raw_keys = kept.get((first, end))
+        if raw_keys is None or raw_keys.shape[0] not in (1, query.shape[0]):
+            raw_keys = kept[first, end] = rotate(key[:, :, first:end], -torch.arange(first, end, device=device),
+                                                 inv_freq)
+        doc_of_key = self.seg_k[first:end]
+        b, h, n = query.shape[0], query.shape[1], len(self.starts)
+        per_token = torch.nn.functional.one_hot(doc_of_key, n).float() / lengths  # [keys, n]: 1 / its document's length
+        shift = torch.zeros(b, h, len(q_pos), n, dtype=torch.long, device=device)
+
+        def importance(rows: torch.Tensor, leave_out_own: bool) -> torch.Tensor:
+            """Mean attention without RoPE of the rows on each document's tokens [b, h, rows, n]; the query
+            heads that share a key head are stacked as rows of one product."""
+            raw = rotate(query[:, :, rows], -q_pos[rows], inv_freq)
+            stacked = raw.reshape(raw.shape[0], key.shape[1], groups * len(rows), raw.shape[-1])
+            scores = (stacked @ raw_keys.transpose(-1, -2)).reshape(*raw.shape[:3], end - first).mul_(scaling)
+            if leave_out_own:
+                scores.masked_fill_(doc_of_key[None, :] == self.seg_q[rows][:, None], float("-inf"))
+            return torch.softmax(scores, dim=-1, dtype=torch.float32) @ per_token
+
+        document_rows = (self.seg_q >= 0).nonzero()[:, 0]
+        if len(document_rows) and n > 1:  # each document ranks the others by what its tokens give them, itself first
+            given = torch.zeros(b, h, n, n, device=device)
+            for part in document_rows.split(block):
+                given.index_add_(2, self.seg_q[part], importance(part, leave_out_own=True))
+            given.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+            shift[:, :, document_rows] = shifts(given, lengths)[:, :, self.seg_q[document_rows]]
+        for part in (self.seg_q == SUFFIX).nonzero()[:, 0].split(block):  # each question or answer token ranks them
+            shift[:, :, part] = shifts(importance(part, leave_out_own=False), lengths)
+        # how much each row's query is turned to meet document j where that row sees it: the key's move back
+        # (cache start - seen start) less the query's own (a document's rows sit at E - length + offset)
+        doc = self.seg_q.clamp(min=0)
+        own = torch.where(self.seg_q >= 0, starts[doc] - (end - lengths[doc]), 0)
+        self.turns = starts - (end - lengths - shift) - own[:, None]
+        self.prefix_turn = -own
+
+    def scores(self, rows: torch.Tensor) -> torch.Tensor:
+        """Scores [b, h, rows, kv] of the query rows `rows` (the query's dtype), -inf where a key is not
+        seen. Rows are taken a run of one segment at a time: a document's rows share their turns (one per
+        head and document), so those are turned without a per-row rotation."""
+        segments = self.seg_q[rows]
+        runs, out, at = torch.unique_consecutive(segments, return_counts=True), [], 0
+        for segment, count in zip(runs[0].tolist(), runs[1].tolist()):
+            run = rows[at:at + count]
+            at += count
+            shared = segment >= 0  # a document's rows: the first row's turns are every row's
+            pick = run[:1] if shared else run
+            out.append(self._run_scores(run, self.prefix_turn[pick], self.turns[:, :, pick]))
+        scores = (out[0] if len(out) == 1 else torch.cat(out, dim=2)).mul_(self.scaling)
+        q = self.q_pos[rows][:, None]
+        k = torch.arange(self.key.shape[2], device=self.key.device)[None, :]
+        seen = documents_both_ways(q, k, segments[:, None], self.seg_k[None, :])
+        return scores.masked_fill_(~seen, float("-inf"))
+
+    def _run_scores(self, rows, prefix_turn, turns):
+        """Scores of rows against every key, the query turned by `prefix_turn` ([rows] or [1]) for the
+        prefix and by `turns` ([b, h, rows or 1, n]) for each document; the rest at cache distance."""
+        from engines.attention.function import rotate
+
+        query, key = self.query[:, :, rows], self.key
+        parts = [rotate(query, prefix_turn, self.inv_freq) @ key[:, :, :self.starts[0]].transpose(-1, -2)]
+        turned = rotate(query[:, :, None], turns.transpose(-1, -2), self.inv_freq)  # [b, h, n, rows, d]
+        for j, (start, length) in enumerate(zip(self.starts, self.lengths)):
+            parts.append(turned[:, :, j] @ key[:, :, start:start + length].transpose(-1, -2))
+        parts.append(query @ key[:, :, self.end:].transpose(-1, -2))
+        return torch.cat(parts, dim=-1)
+
+
+@register
+class PineFull(Pine):
+    name = "pine_full"
+    description = ("PINE as the paper runs it: documents see each other both ways, and in every layer and head "
+                   "each document, question and answer token sees the documents ordered by its attention to them, "
+                   "the most attended closest (eager attention, slower)")
+    settings = ()
+    scores_itself = True
+
+    def shares_positions(self, spec):
+        return False
+
+    def scorer(self, spec, segments, query, key, q_pos, inv_freq, scaling, kept):
+        segments = segments[:key.shape[2]]  # a call that stops inside the documents ranks the ones it holds
+        if not bool((segments >= 0).any()):  # no document yet: causal
+            from engines.attention.function import repeat_kv
+
+            key = repeat_kv(key, query.shape[1] // key.shape[1])
+            later = torch.arange(key.shape[2], device=key.device)[None, :] > q_pos[:, None]
+            return lambda rows: (query[:, :, rows] @ key.transpose(-1, -2) * scaling).masked_fill_(later[rows],
+                                                                                                 float("-inf"))
+        return Repositioned(segments, query, key, q_pos, inv_freq, scaling, kept).scores
