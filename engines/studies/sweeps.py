@@ -187,20 +187,36 @@ class SpeedModel:
 
 
 @torch.inference_mode()
+def calibration_documents(tokens: int) -> list[dict]:
+    """Spans of 70-token documents between a 16-token prefix and a 16-token question, as `litm_qa`
+    prompts have them: what a mask that needs documents is timed on."""
+    return [{"kind": "document", "token_start": start, "token_end": min(start + 70, tokens - 16)}
+            for start in range(16, tokens - 16, 70)]
+
+
+@torch.inference_mode()
 def calibrate(loaded: LoadedModel, config: RunConfig) -> SpeedModel:
     """Time two short prefills and a few decode steps on the loaded model under the config's RoPE and
-    mask (about a second on a CPU)."""
+    mask (about a second on a CPU; a mask that needs documents is timed on prompts made of them)."""
     from engines.decoding.cache import new_cache
 
+    documents = config.mask.entry.needs_documents
+
+    def state(count: int):
+        return run_state(loaded.model, config.rope, config.mask, calibration_documents(count) if documents else None,
+                         count)
+
     timings = {}
-    with run_state(loaded.model, config.rope, config.mask):
+    with state(64):
         loaded.model(input_ids=torch.randint(100, 1000, (1, 64), device=loaded.device), logits_to_keep=1)  # warm-up
-        for count in (256, 1024):
-            ids = torch.randint(100, 1000, (1, count), device=loaded.device)
-            cache = new_cache()
+    for count in (256, 1024):
+        ids = torch.randint(100, 1000, (1, count), device=loaded.device)
+        cache = new_cache()
+        with state(count):
             started = time.perf_counter()
             loaded.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
             timings[count] = time.perf_counter() - started
+    with state(1024):  # decode steps after the 1,024-token prompt
         loaded.model(input_ids=ids[:, -1:], cache=cache, use_cache=True, logits_to_keep=1)
         started = time.perf_counter()
         for _ in range(6):

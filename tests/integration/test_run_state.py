@@ -108,6 +108,14 @@ def test_entry_point_runs_under_its_configuration_and_restores_the_model(embedde
         assert results["causal"] != results["sliding_window"], (name, results)
 
 
+@pytest.mark.parametrize("mask", ["segments", "pine", "ape", "pine_full"])
+def test_time_estimates_calibrate_masks_that_need_documents(embedded, mask):
+    """A sweep's estimate times its mask: one that needs documents is timed on prompts made of them."""
+    speed = calibrate(embedded, dataclasses.replace(PLAIN, mask=MaskSpec(mask)))
+    assert speed.prefill(0, 1000) > 0 and speed.decode > 0
+    assert getattr(embedded.model.config, "lab_run", None) is None
+
+
 def test_rope_is_applied_and_removed_with_the_run(embedded):
     rotary = embedded.model.model.rotary_emb
     yarn = dataclasses.replace(PLAIN, rope=RopeSpec("yarn", 2.0))
