@@ -344,12 +344,13 @@ def kind_scores(module, rule, query, key, scaling, own_window: int | None):
 
 def scored_attention(score_rows, value: torch.Tensor, q_len: int) -> torch.Tensor:
     """Softmax attention from a kind's own scores, a block of query rows at a time, as eager attention
-    does it (fp32 softmax, then the value's dtype); every row sees at least itself. value [b, h, kv, d]
+    does it (the softmax computed in fp32 and rounded to the value's dtype, which torch's softmax does
+    itself on bf16 scores, without an fp32 copy); every row sees at least itself. value [b, h, kv, d]
     (heads repeated)."""
     outs = []
     for start in range(0, q_len, PORTABLE_ROWS):
         rows = torch.arange(start, min(start + PORTABLE_ROWS, q_len), device=value.device)
-        outs.append(torch.softmax(score_rows(rows), dim=-1, dtype=torch.float32).to(value.dtype) @ value)
+        outs.append(torch.softmax(score_rows(rows), dim=-1).to(value.dtype) @ value)
     return torch.cat(outs, dim=2)
 
 

@@ -39,28 +39,38 @@ def shifts(importance: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 class Repositioned:
     """The scores of one attention call under PINE: the rankings are made once per call, the scores a
     block of query rows at a time. query [b, h, q, d], key [b, kv_heads, kv, d] (rotated at their cache
-    indices); `kept` keeps the documents' keys without RoPE (one copy per key head) for the later calls
-    of the run."""
+    indices); `kept` keeps the documents' keys, without RoPE and stacked for the products, for the later
+    calls of the run."""
 
     def __init__(self, segments, query, key, q_pos, inv_freq, scaling, kept: dict, block: int = 1024):
         from engines.attention.function import repeat_kv, rotate
 
         groups = query.shape[1] // key.shape[1]
-        self.query, self.q_pos, self.inv_freq, self.scaling = query, q_pos, inv_freq, scaling
-        self.key = repeat_kv(key, groups)
-        device = query.device
+        query = query * scaling  # scaled once here, not each block of scores
+        self.query, self.q_pos, self.inv_freq = query, q_pos, inv_freq
+        device, kv = query.device, key.shape[2]
         self.seg_q = segment_at(segments, q_pos)
-        self.seg_k = segment_at(segments, torch.arange(key.shape[2], device=device))
+        self.seg_k = segment_at(segments, torch.arange(kv, device=device))
         starts, lengths, end = document_layout(segments)
         self.starts, self.lengths, self.end = starts.tolist(), lengths.tolist(), end
-        first = self.starts[0]
-        raw_keys = kept.get((first, end))
-        if raw_keys is None or raw_keys.shape[0] not in (1, query.shape[0]):
-            raw_keys = kept[first, end] = rotate(key[:, :, first:end], -torch.arange(first, end, device=device),
-                                                 inv_freq)
+        first, longest = self.starts[0], max(self.lengths)
+        self.prefix_keys = repeat_kv(key[:, :, :first], groups).transpose(-1, -2)
+        self.later_keys = repeat_kv(key[:, :, end:], groups).transpose(-1, -2)
         doc_of_key = self.seg_k[first:end]
+        # where each document key's score lands in the flattened (document, offset) axes of one product
+        self.document_columns = doc_of_key * longest + torch.arange(end - first, device=device) - (starts - first)[doc_of_key]
+        held = kept.get((first, end))
+        if held is None or held[0].shape[0] not in (1, query.shape[0]):
+            # the documents' keys without RoPE, and stacked zero-padded [n, b, kv_heads, d, longest] for one
+            # product per reading run: both the same for the whole run, one copy per key head
+            region = key[:, :, first:end]
+            padded = region.new_zeros(len(self.starts), *region.shape[:2], region.shape[-1], longest)
+            for doc, (start, length) in enumerate(zip(self.starts, self.lengths)):
+                padded[doc, ..., :length] = region[:, :, start - first:start - first + length].transpose(-1, -2)
+            held = kept[first, end] = (rotate(region, -torch.arange(first, end, device=device), inv_freq), padded)
+        raw_keys, self.document_keys = held
         b, h, n = query.shape[0], query.shape[1], len(self.starts)
-        per_token = torch.nn.functional.one_hot(doc_of_key, n).float() / lengths  # [keys, n]: 1 / its document's length
+        one_hot = torch.nn.functional.one_hot(doc_of_key, n).to(query.dtype)  # [keys, n]
         shift = torch.zeros(b, h, len(q_pos), n, dtype=torch.long, device=device)
 
         def importance(rows: torch.Tensor, leave_out_own: bool) -> torch.Tensor:
@@ -68,10 +78,10 @@ class Repositioned:
             heads that share a key head are stacked as rows of one product."""
             raw = rotate(query[:, :, rows], -q_pos[rows], inv_freq)
             stacked = raw.reshape(raw.shape[0], key.shape[1], groups * len(rows), raw.shape[-1])
-            scores = (stacked @ raw_keys.transpose(-1, -2)).reshape(*raw.shape[:3], end - first).mul_(scaling)
+            scores = (stacked @ raw_keys.transpose(-1, -2)).reshape(*raw.shape[:3], end - first)
             if leave_out_own:
                 scores.masked_fill_(doc_of_key[None, :] == self.seg_q[rows][:, None], float("-inf"))
-            return torch.softmax(scores, dim=-1, dtype=torch.float32) @ per_token
+            return (torch.softmax(scores, dim=-1) @ one_hot).float() / lengths  # in the query's dtype, as the authors'
 
         document_rows = (self.seg_q >= 0).nonzero()[:, 0]
         if len(document_rows) and n > 1:  # each document ranks the others by what its tokens give them, itself first
@@ -92,18 +102,20 @@ class Repositioned:
     def scores(self, rows: torch.Tensor) -> torch.Tensor:
         """Scores [b, h, rows, kv] of the query rows `rows` (the query's dtype), -inf where a key is not
         seen. Rows are taken a run of one segment at a time: a document's rows share their turns (one per
-        head and document), so those are turned without a per-row rotation."""
+        head and document), and so do the prefix's (which sees no document), so those are turned once."""
         segments = self.seg_q[rows]
         runs, out, at = torch.unique_consecutive(segments, return_counts=True), [], 0
         for segment, count in zip(runs[0].tolist(), runs[1].tolist()):
             run = rows[at:at + count]
             at += count
-            shared = segment >= 0  # a document's rows: the first row's turns are every row's
-            pick = run[:1] if shared else run
-            out.append(self._run_scores(run, self.prefix_turn[pick], self.turns[:, :, pick]))
-        scores = (out[0] if len(out) == 1 else torch.cat(out, dim=2)).mul_(self.scaling)
+            if segment != SUFFIX:
+                out.append(self._run_scores(run, self.prefix_turn[run[:1]], self.turns[:, :, run[:1]]))
+                continue
+            for part in run.split(128):  # question and answer rows turn each their own way: a slice at a time
+                out.append(self._run_scores(part, self.prefix_turn[part], self.turns[:, :, part]))
+        scores = out[0] if len(out) == 1 else torch.cat(out, dim=2)
         q = self.q_pos[rows][:, None]
-        k = torch.arange(self.key.shape[2], device=self.key.device)[None, :]
+        k = torch.arange(len(self.seg_k), device=q.device)[None, :]
         seen = documents_both_ways(q, k, segments[:, None], self.seg_k[None, :])
         return scores.masked_fill_(~seen, float("-inf"))
 
@@ -112,12 +124,14 @@ class Repositioned:
         prefix and by `turns` ([b, h, rows or 1, n]) for each document; the rest at cache distance."""
         from engines.attention.function import rotate
 
-        query, key = self.query[:, :, rows], self.key
-        parts = [rotate(query, prefix_turn, self.inv_freq) @ key[:, :, :self.starts[0]].transpose(-1, -2)]
-        turned = rotate(query[:, :, None], turns.transpose(-1, -2), self.inv_freq)  # [b, h, n, rows, d]
-        for j, (start, length) in enumerate(zip(self.starts, self.lengths)):
-            parts.append(turned[:, :, j] @ key[:, :, start:start + length].transpose(-1, -2))
-        parts.append(query @ key[:, :, self.end:].transpose(-1, -2))
+        query = self.query[:, :, rows]
+        parts = [rotate(query, prefix_turn, self.inv_freq) @ self.prefix_keys]
+        turned = rotate(query[None], turns.permute(3, 0, 1, 2), self.inv_freq)  # [n, b, h, rows, d]
+        n, b, h, r, d = turned.shape
+        kv_heads = self.document_keys.shape[2]  # query heads that share a key head stacked as rows
+        by_document = (turned.reshape(n, b, kv_heads, h // kv_heads * r, d) @ self.document_keys).view(n, b, h, r, -1)
+        parts.append(by_document.permute(1, 2, 3, 0, 4).flatten(3)[..., self.document_columns])
+        parts.append(query @ self.later_keys)
         return torch.cat(parts, dim=-1)
 
 
