@@ -186,7 +186,6 @@ class SpeedModel:
         return self.linear * (end - start) + self.quadratic * (end * end - start * start) / 2
 
 
-@torch.inference_mode()
 def calibration_documents(tokens: int) -> list[dict]:
     """Spans of 70-token documents between a 16-token prefix and a 16-token question, as `litm_qa`
     prompts have them: what a mask that needs documents is timed on."""
