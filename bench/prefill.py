@@ -1,6 +1,8 @@
 """Prefill speed against the machine's own matrix peak: the FLOP rate of an 8K-token prefill of the
 embedded model (the lab's attention function, the loaded dtype) over the rate of a 4096^3 matmul in
-the same dtype, both measured in this process. Also the attention kernel's share of the prefill.
+the same dtype, both measured in this process. Also the attention kernel's share of the prefill, and
+the bound that exact softmax sets: every causal score needs one exponential, so the prefill takes at
+least (its time outside attention) + (scores / torch's exp rate, measured here).
 
 Run: python -m bench.prefill [--tokens 8003]
 Last line: prefill_peak_fraction: X
@@ -49,9 +51,17 @@ def main() -> None:
     attention = sum(e.self_cpu_time_total for e in profile.key_averages() if "attention" in e.key) / 1e6
     total = sum(e.self_cpu_time_total for e in profile.key_averages()) / 1e6
     rate = flops(loaded.model.config, 0, ids.shape[1], 0) / seconds / 1e9
+    x = torch.randn(1 << 26)
+    out = torch.empty_like(x)
+    exp_rate = x.numel() / best_seconds(lambda: torch.exp(x, out=out), 3) / 1e9
+    config, n = loaded.model.config, ids.shape[1]
+    exps = config.num_hidden_layers * config.num_attention_heads * n * (n + 1) / 2 / 1e9
+    floor = seconds * (1 - attention / total) + exps / exp_rate
     print(f"dtype {dtype}, {ids.shape[1]} prompt tokens")
     print(f"matmul 4096^3: {gemm:.0f} GFLOP/s")
     print(f"prefill: {seconds:.2f} s, {rate:.0f} GFLOP/s; attention kernel {attention / total:.0%} of its time")
+    print(f"exp: {exp_rate:.2f} G/s fp32; the {exps:.2f} G causal scores' exponentials alone take {exps / exp_rate:.2f} s, "
+          f"so the prefill takes at least {floor:.2f} s: a fraction of at most {rate * seconds / floor / gemm:.2f}")
     print(f"prefill_peak_fraction: {rate / gemm:.2f}")
 
 
