@@ -2,12 +2,17 @@
 keys and values live in a buffer with room to grow. transformers' DynamicLayer appends a token with
 torch.cat, copying the whole cache at every step (at 4K tokens on this CPU, 21 ms of a 73 ms step);
 here a new token is written in place and the buffer is copied only when it fills (it grows by a
-quarter, so copies are rare). Crop, reorder and the rest work on the valid part as before."""
+quarter, so copies are rare). Crop, reorder and the rest work on the valid part as before.
+
+On a GPU a decoding step is mostly launch overhead, so there the steps after the prompt run on a static
+cache of fixed size through a compiled forward (CUDA graphs): `StaticSteps`."""
 from __future__ import annotations
+
+import os
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
 
 class GrowingLayer(DynamicLayer):
@@ -48,3 +53,43 @@ def new_cache() -> DynamicCache:
     cache = DynamicCache()
     cache.layer_class_to_replicate = GrowingLayer
     return cache
+
+
+def static_decoding(device: str) -> str:
+    """How one-sequence decoding steps run: 'compiled' (a static cache and a compiled forward; the default
+    on CUDA), 'static' (a static cache, not compiled) or 'dynamic' (the growing cache; the default elsewhere,
+    where compiling costs more than it saves). CONTEXT_LAB_STATIC_DECODE=compiled|static|dynamic chooses."""
+    chosen = os.environ.get("CONTEXT_LAB_STATIC_DECODE", "auto")
+    if chosen in ("compiled", "static", "dynamic"):
+        return chosen
+    return "compiled" if str(device).startswith("cuda") else "dynamic"
+
+
+def static_capacity(needed: int) -> int:
+    """Cache sizes come in powers of two (at least 1,024), so a compiled step is reused across prompts."""
+    return max(1024, 1 << (needed - 1).bit_length())
+
+
+class StaticSteps:
+    """One-token steps after a prompt: the prompt's keys and values copied from `cache` into static layers
+    with room for `extra` tokens more, every layer full (a sliding window is kept by the model's mask, as
+    with the growing cache), and the model's forward compiled once per model and cache size."""
+
+    def __init__(self, model, cache: DynamicCache, extra: int, compiled: bool):
+        capacity = static_capacity(cache.get_seq_length() + extra)
+        self.cache = Cache(layers=[StaticLayer(max_cache_len=capacity) for _ in cache.layers])
+        for static, layer in zip(self.cache.layers, cache.layers):
+            static.update(layer.keys, layer.values)
+        self.forward = compiled_forward(model) if compiled else model.forward
+
+    def __call__(self, token: torch.Tensor):
+        """The model's outputs for one token [1, 1] after everything the cache holds."""
+        return self.forward(input_ids=token, cache=self.cache, use_cache=True, logits_to_keep=1)
+
+
+def compiled_forward(model):
+    """The model's forward compiled for fixed shapes (CUDA graphs on a GPU), kept on the model."""
+    if getattr(model, "_lab_compiled_forward", None) is None:
+        mode = "reduce-overhead" if model.device.type == "cuda" else "default"
+        model._lab_compiled_forward = torch.compile(model.forward, mode=mode, dynamic=False)
+    return model._lab_compiled_forward

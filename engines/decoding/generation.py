@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from engines.attention.state import current
 from engines.context.transforms import transformed
+from engines.decoding.cache import StaticSteps, new_cache, static_decoding
 from engines.model.loading import LoadedModel
 
 TOP_ALTERNATIVES = 5
@@ -131,8 +133,6 @@ class PrefixCache:
         self.reset()
 
     def reset(self) -> None:
-        from engines.decoding.cache import new_cache
-
         self.cache = new_cache()
         self.ids: list[int] = []
 
@@ -194,9 +194,14 @@ def stream_tokens(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: 
     event's extra fields (greedy by default; sampling, DoLa and CAD bring their own). With `prefix`,
     the cached part of the prompt is not computed again, and afterwards the cache holds exactly the
     prompt, ready for the next one. `positions` [seq] gives the prompt's position ids when they are
-    not 0..n-1 (shared document positions); new tokens continue after the largest.
+    not 0..n-1 (shared document positions); new tokens continue after the largest. A plain run's steps after
+    the prompt go through `StaticSteps` where `static_decoding` says so (on CUDA), with the same events.
     """
     model, tokenizer = loaded.model, loaded.tokenizer
+    steps_mode = static_decoding(loaded.device)
+    state = current(model.config)  # a mask, a capture or masked heads keep to the growing cache
+    static = (steps_mode != "dynamic" and positions is None and not hidden_states and state.rule is None
+              and state.capture is None and not state.head_mask)
     prefix = prefix or PrefixCache()
     if positions is not None:
         prefix.reset()  # cached keys were placed at other positions
@@ -207,13 +212,18 @@ def stream_tokens(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: 
     started = time.perf_counter()
     next_input = input_ids[:, reused:].to(loaded.device)
     position_ids = None if positions is None else positions[None, reused:].to(loaded.device)
-    so_far = list(ids)
+    so_far, steps = list(ids), None
     try:
         for index in range(max_new_tokens):
             if should_stop():
                 return
-            outputs = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1,
-                            position_ids=position_ids, **({"output_hidden_states": True} if hidden_states else {}))
+            if index and static:  # after the prompt, on a static cache (see StaticSteps)
+                steps = steps or StaticSteps(model, cache, max_new_tokens, steps_mode == "compiled")
+                outputs = steps(next_input)
+            else:
+                outputs = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1,
+                                position_ids=position_ids,
+                                **({"output_hidden_states": True} if hidden_states else {}))
             token_id, shown, extra = choose(outputs.logits[0, -1], outputs, so_far)
             if token_id in eos:
                 return

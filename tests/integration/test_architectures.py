@@ -326,6 +326,23 @@ def test_every_decoding_method_runs_and_greedy_equals_generate(model_dirs, name)
             assert [t.token_id for t in result.tokens] == generated.tolist()[:len(result.tokens)]
 
 
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_static_cache_steps_equal_the_growing_cache(model_dirs, name, monkeypatch):
+    """The steps CUDA runs on a static cache (here not compiled) give the events of the growing cache, past
+    the sliding window: the same tokens, probabilities and alternatives, greedy and sampled."""
+    loaded = lab_model(model_dirs, name)
+    prompt = loaded.tokenizer.decode(ids_of(LENGTH)[0])
+    for method in ("greedy", "sampling:temperature=0.8,top_k=20,seed=3"):
+        runs = {}
+        for mode in ("dynamic", "static"):
+            monkeypatch.setenv("CONTEXT_LAB_STATIC_DECODE", mode)
+            *_, runs[mode] = decode(loaded, prompt, DecodingSpec.parse(method), 24)
+        dynamic, static = runs["dynamic"].tokens, runs["static"].tokens
+        assert len(dynamic) > 1 and [t.token_id for t in static] == [t.token_id for t in dynamic], method
+        assert max(abs(a.prob - b.prob) for a, b in zip(static, dynamic)) < 1e-5
+        assert [[word for word, _ in t.top] for t in static] == [[word for word, _ in t.top] for t in dynamic]
+
+
 @pytest.mark.parametrize("name", ["mistral", "qwen2", "gemma3"])
 def test_a_sweep_shares_prefixes_past_the_window(model_dirs, name):
     """Cells run with prefix sharing (the lab's cache keeps every key, sliding layers too) answer as
