@@ -509,12 +509,18 @@ def kinds_text(listing: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def cmd_check_space(args: argparse.Namespace) -> dict[str, Any]:
+    from services.space_check import check_space
+
+    return check_space()
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "probe": cmd_probe, "decode": cmd_decode, "sift": cmd_sift, "sweep": cmd_sweep, "benchmark": cmd_benchmark,
     "build": cmd_build,
     "tasks": cmd_tasks,
     "kinds": cmd_kinds, "gallery": cmd_gallery, "sessions": cmd_sessions, "replay": cmd_replay,
-    "export": cmd_export, "import": cmd_import}
+    "export": cmd_export, "import": cmd_import, "check-space": cmd_check_space}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -624,6 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and scorer with its description and settings")
     kinds.add_argument("--family", choices=list(FAMILIES), help="only this family")
     kinds.add_argument("--json", action="store_true", help="print one JSON object")
+    check = commands.add_parser("check-space", help="check that this checkout deploys as a Hugging Face Space "
+                                "(front matter, requirements, storage, files); exit code 1 when it does not")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -642,6 +651,9 @@ def run(argv: list[str]) -> int:
         print(output["csv"], end="")
     elif args.command == "kinds":
         print(kinds_text(output))
+    elif args.command == "check-space":
+        print("ok" if output["ok"] else "problems:\n" + "\n".join(f"- {problem}" for problem in output["problems"]))
+        print("\n".join(f"checked: {line}" for line in output["checked"]))
     elif args.command == "gallery" and "cards" in output:
         for card in output["cards"]:
             print(f"{card['name']}: {card['title']} ({card['paper']})\n  {card['claim']}\n  here: "
@@ -649,4 +661,5 @@ def run(argv: list[str]) -> int:
     else:
         for key, value in output.items():
             print(f"{key}: {value}")
-    return 1 if args.command == "gallery" and output.get("failed") else 0
+    failed = (args.command == "gallery" and output.get("failed")) or (args.command == "check-space" and not output["ok"])
+    return 1 if failed else 0

@@ -41,7 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from engines.config.errors import StorageError
-from engines.config.paths import lab_home
+from engines.config.paths import lab_home, persistent_storage
 
 log = logging.getLogger("context_lab")
 
@@ -161,9 +161,8 @@ def data_dir() -> Path:
     """CONTEXT_LAB_DATA, else /data (a Space's persistent storage) when it exists, else the lab home."""
     if os.environ.get("CONTEXT_LAB_DATA"):
         return Path(os.environ["CONTEXT_LAB_DATA"]).expanduser()
-    if Path("/data").is_dir() and os.access("/data", os.W_OK):
-        return Path("/data/context-lab")
-    return lab_home() / "data"
+    storage = persistent_storage()
+    return storage / "context-lab" if storage else lab_home() / "data"
 
 
 def database_url() -> str:

