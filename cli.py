@@ -461,7 +461,7 @@ def cmd_gallery(args: argparse.Namespace) -> dict[str, Any]:
         for card in chosen:
             started = time.perf_counter()
             with MANAGER.lock:
-                *_, step = run_card(card, loaded, config)
+                *_, step = run_card(loaded, card, config)
             card.stored_path.write_text(json.dumps(stored_record(step.data, time.perf_counter() - started, loaded),
                                                    ensure_ascii=False))
             print(f"[{card.name}] {time.perf_counter() - started:.0f} s: {result_sentence(card, step.data)}",

@@ -254,7 +254,7 @@ STUDIES: dict[str, Callable[..., Iterator[Step]]] = {
     "knob": knob_study, "decode": decode_study, "sift": sift_study}
 
 
-def run_card(card: Card, loaded: LoadedModel, base: RunConfig,
+def run_card(loaded: LoadedModel, card: Card, base: RunConfig,
              should_stop: Callable[[], bool] = lambda: False) -> Iterator[Step]:
     """The card's study on `loaded` (its size chosen by the device), from `base`'s template and model."""
     yield from STUDIES[card.study](loaded, base, card.sized(loaded.device), should_stop)

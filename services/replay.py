@@ -10,6 +10,7 @@ from typing import Any
 from engines.config.policy import limits
 from engines.config.specs import RunConfig
 from engines.decoding.generation import format_prompt
+from engines.model.jobs import model_job
 from engines.model.loading import MANAGER, Progress, no_progress
 from engines.probes.runner import check_prompt_length, max_prompt_tokens, run_free, run_probe
 from engines.probes.tasks import ProbeInstance, ProbeSpec, build_probe
@@ -51,8 +52,7 @@ def replay(store: Store, run_id: str, progress: Progress = no_progress,
     loaded = MANAGER.get(config.model, progress)
     if "probe" in inputs:  # a task probe or a sweep cell: rebuilt from its spec
         instance = stored_probe(store, run, loaded, config)
-        with MANAGER.lock:
-            *_, outcome = run_probe(loaded, instance, inputs["mode"], config)
+        *_, outcome = MANAGER.stream(config.model, model_job(run_probe, instance, inputs["mode"], config))
         new_id = log_probe(store, session_id, config, loaded, outcome, extra={"replay_of": run_id})
         old = run["outputs"].get("row", run["outputs"])
         differences = _differences(old, outcome.summary(), COMPARED)
@@ -62,8 +62,7 @@ def replay(store: Store, run_id: str, progress: Progress = no_progress,
                                transform=config.transform)
         check_prompt_length(loaded, prompt)  # an imported run may be longer than this lab allows
         plain = format_prompt(loaded.tokenizer, "", inputs["question"], config.chat_template)
-        with MANAGER.lock:
-            *_, result = run_free(loaded, prompt, config, plain_prompt=plain)
+        *_, result = MANAGER.stream(config.model, model_job(run_free, prompt, config, plain_prompt=plain))
         new_id = log_generation(store, session_id, "probe", config, loaded, inputs | {"replay_of": run_id}, result)
         now = {"text": result.text, "token_ids": [t.token_id for t in result.tokens]}
         old = {"text": run["outputs"]["text"], "token_ids": [t["token_id"] for t in run["outputs"]["tokens"]]}
@@ -71,8 +70,8 @@ def replay(store: Store, run_id: str, progress: Progress = no_progress,
     elif kind == "sift":
         limits().check_calls(MAX_CALLS, inputs["budget"])
         check_prompt_length(loaded, query_of(inputs["context"], inputs["question"]))
-        with MANAGER.lock:
-            *_, result = run_sift(loaded, query_of(inputs["context"], inputs["question"]), config, inputs["budget"])
+        query = query_of(inputs["context"], inputs["question"])
+        *_, result = MANAGER.stream(config.model, model_job(run_sift, query, config, inputs["budget"]))
         new_id = write_run(store, session_id, "sift", config, loaded, inputs | {"replay_of": run_id},
                            result.to_dict(), None)
         stored = run["outputs"]

@@ -8,7 +8,8 @@ from typing import Any
 
 from engines.config.specs import ModelSpec
 from engines.decoding.generation import TokenEvent
-from engines.model.loading import MANAGER, LoadedModel
+from engines.model.jobs import ModelJob
+from engines.model.loading import MANAGER
 from storage.db import StorageError
 
 
@@ -31,7 +32,7 @@ class Finished:
     warning: str | None
 
 
-def run_logged(model: ModelSpec, job: Callable[[LoadedModel, Callable[[], bool]], Iterator],
+def run_logged(model: ModelSpec, job: ModelJob,
                views_of: Callable[[], dict] | None,
                log: Callable[[Any, dict | None], str | None]) -> Iterator[Streamed | Finished]:
     """Run `job` on the model (one job at a time; closing this iterator cancels it), then log its

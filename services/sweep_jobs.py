@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import SQLAlchemyError
 
 from engines.config.specs import RunConfig
+from engines.model.jobs import call_limit_seconds, model_job
 from engines.model.loading import MANAGER, Progress, no_progress
 from engines.probes.haystack import HaystackError
 from engines.probes.runner import max_prompt_tokens, run_probe
@@ -46,6 +48,7 @@ class SweepJob:
     upload_text: str | None = None
     status: str = "running"
     warning: str | None = None  # the run log could not be written: cells are shown, not kept
+    calls: int = 0  # model calls its cells ran in here (more than one where a GPU call is limited in time)
 
     @property
     def total(self) -> int:
@@ -111,22 +114,37 @@ def estimate(job: SweepJob, progress: Progress = no_progress) -> dict:
     taken from the shortest cell answered for real (its own time is a second or two)."""
     loaded, cells = prepare(job, progress)
     new_tokens = 0
-    with MANAGER.lock:
-        speed = calibrate(loaded, job.config)
-        if cells and job.spec.mode == "generate":
-            shortest = min((instance for _, instance in cells), key=lambda instance: instance.prompt_tokens)
-            *_, outcome = run_probe(loaded, shortest, "generate", job.config)
-            new_tokens = outcome.generation.new_tokens
+    speed = MANAGER.run(job.config.model, calibrate, job.config)
+    if cells and job.spec.mode == "generate":
+        shortest = min((instance for _, instance in cells), key=lambda instance: instance.prompt_tokens)
+        *_, outcome = MANAGER.stream(job.config.model, model_job(run_probe, shortest, "generate", job.config))
+        new_tokens = outcome.generation.new_tokens
     spans = computed_spans(loaded.tokenizer, [instance for _, instance in cells], job.spec.mode)
     return estimate_seconds(speed, spans, new_tokens) | {"cells": len(cells), "new_tokens_per_cell": new_tokens}
 
 
 def local_results(job: SweepJob, progress: Progress = no_progress) -> Iterator[tuple[CellResult, dict]]:
-    """The job's remaining cells run in this process, with prefix sharing across all of them."""
+    """The job's remaining cells run in this process, with prefix sharing across the cells of one call. Where a GPU
+    call may run only so long (ZeroGPU), the cells go over several calls, each as many as the pace of the last
+    one fits in the limit; every cell is saved as it comes, so a sweep cut short resumes where it stopped."""
     loaded, cells = prepare(job, progress)
     provenance = loaded.provenance()
-    for result in MANAGER.stream(job.config.model, lambda model, stop: run_sweep(model, job.spec, cells, stop, job.config)):
-        yield result, provenance
+    limit, start, per_cell = call_limit_seconds(), 0, None
+    while start < len(cells):
+        chunk = cells[start:start + cells_per_call(limit, per_cell, len(cells) - start)]
+        began = time.perf_counter()
+        for result in MANAGER.stream(job.config.model, model_job(run_sweep, job.spec, chunk, config=job.config),
+                                     seconds=limit):
+            yield result, provenance
+        per_cell, start, job.calls = (time.perf_counter() - began) / len(chunk), start + len(chunk), job.calls + 1
+
+
+def cells_per_call(limit: float | None, per_cell: float | None, left: int) -> int:
+    """All `left` cells without a limit; else one first, then as many as fill 80% of the limit at `per_cell`
+    seconds each (the last call's pace, its waiting for a GPU included)."""
+    if limit is None:
+        return left
+    return min(left, 1 if per_cell is None else max(1, int(0.8 * limit / per_cell)))
 
 
 def run_job(job: SweepJob, store: Store | None, progress: Progress = no_progress,

@@ -109,10 +109,10 @@ def full_map(current, layer_value, head_value, log_value, progress=gr.Progress()
     if _index(layer_value) is None or _index(head_value) is None:
         raise Refusal("Choose one layer and one head (not 'all') for the full map.")
     config = RunConfig.from_dict(current["config"])
-    loaded = loaded_model(config, progress)
-    with said_to_user(), MANAGER.lock:
-        result = full_head_map(loaded, current["prompt"], config, int(layer_value), int(head_value),
-                               current["spans"])
+    loaded_model(config, progress)
+    with said_to_user():
+        result = MANAGER.run(config.model, full_head_map, current["prompt"], config, int(layer_value),
+                             int(head_value), current["spans"])
     return figures.head_map(result, current["spans"], log_value)
 
 

@@ -10,7 +10,8 @@ from engines.attention.state import current
 from engines.config.kinds import entries
 from engines.config.specs import MaskSpec, RopeSpec
 from engines.context.rope import rope_geometry
-from engines.context.run import mask_grid, prose_stream, rope_curves, token_nll
+from engines.context.run import mask_grid, nll_curves, prose_stream, rope_curves
+from engines.model.jobs import model_job
 from engines.model.loading import MANAGER
 from engines.probes.haystack import ASSETS
 from engines.probes.runner import max_prompt_tokens
@@ -59,22 +60,13 @@ def nll(tokens, *values, progress=gr.Progress()):
     loaded = loaded_model(run_config, progress)
     if tokens is None or not 64 <= int(tokens) <= max_prompt_tokens(loaded):
         raise Refusal(f"The stream length must be between 64 and {max_prompt_tokens(loaded)} tokens.")
-    ids = prose_stream(loaded.tokenizer, int(tokens)).to(loaded.device)
+    ids = prose_stream(loaded.tokenizer, int(tokens))
     settings = [("plain causal, default RoPE", RopeSpec(), MaskSpec())]
     if run_config.mask.kind != "causal" or run_config.rope.kind != "default":
         settings.append((f"{panel.rope} / {panel.mask}", run_config.rope, run_config.mask))
     clock = Clock(progress, len(settings), seconds_for(loaded, run_config, [int(tokens)] * len(settings)))
-
-    def curves_of(model, should_stop):
-        curves = {}
-        for label, rope_spec, mask_spec in settings:
-            if should_stop():
-                return
-            curves[label] = token_nll(model.model, ids, rope_spec, mask_spec)
-            yield curves
-
     with said_to_user():
-        for curves in MANAGER.stream(run_config.model, curves_of):
+        for curves in MANAGER.stream(run_config.model, model_job(nll_curves, ids, settings), seconds=clock.estimate):
             clock.step(len(curves), "settings")
             yield figures.nll_stream(curves)
 

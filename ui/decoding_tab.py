@@ -14,8 +14,9 @@ from engines.config.kinds import entries
 from engines.config.policy import limits
 from engines.config.specs import KNOB_LIMIT, DecodingSpec, RunConfig, SpecError
 from engines.decoding.generation import GenerationResult, format_prompt
+from engines.model.jobs import model_job
 from engines.model.loading import MANAGER
-from engines.probes.runner import ProbeOutcome, check_prompt_length, max_prompt_tokens, run_free, run_probe
+from engines.probes.runner import ProbeOutcome, check_prompt_length, max_prompt_tokens, run_each
 from engines.probes.tasks import ProbeSpec, build_probe, load_tasks
 from engines.studies.conflicts import conflict_summary, knob_curve, load_conflicts, run_conflicts
 from engines.studies.knob import find_knob
@@ -141,20 +142,13 @@ def compare(tab: DecodingTab, context, question, task, length, depth, seed, meth
     configs = [dataclasses.replace(base, decoding=spec, max_new_tokens=instance.max_new_tokens if instance
                                    else base.max_new_tokens) for spec in specs]
 
-    def produce(model, should_stop):
-        for number, run_config in enumerate(configs):
-            items = (run_probe(model, instance, "generate", run_config, should_stop) if instance else
-                     run_free(model, prompt, run_config, should_stop, plain_prompt=plain))
-            for item in items:
-                yield number, item
-
     rows = [[spec.label, "", None, 0, None, "waiting", None] for spec in specs]
     tokens: dict[str, list[dict]] = {spec.label: [] for spec in specs}
     cad, extra_rows = [], []
     log_to, session_id, state = session_for(tab.store, state)
     yield {tab.prompt_box: prompt, tab.results: rows, tab.session: state}
     with said_to_user():
-        for number, item in MANAGER.stream(base.model, produce):
+        for number, item in MANAGER.stream(base.model, model_job(run_each, configs, instance, prompt, plain)):
             label, row = specs[number].label, rows[number]
             if isinstance(item, (GenerationResult, ProbeOutcome)):
                 result = item.generation if isinstance(item, ProbeOutcome) else item
@@ -182,8 +176,7 @@ def conflicts(tab: DecodingTab, methods, count, state, *values, progress=gr.Prog
     loaded_model(base, progress)
     total, rows = len(specs) * int(count), []
     log_to, session_id, state = session_for(tab.store, state)
-    events = MANAGER.stream(base.model, lambda model, should_stop: run_conflicts(
-        model, base, specs, should_stop, int(count)))
+    events = MANAGER.stream(base.model, model_job(run_conflicts, base, specs, limit=int(count)))
     with said_to_user():
         for row in events:
             rows.append(row)
@@ -222,8 +215,7 @@ def knob_run(tab: DecodingTab, methods, knobs, count, state, *values, progress=g
     total, rows, knob = len(values_wanted) * int(count), [], None
     log_to, session_id, state = session_for(tab.store, state)
     progress(0, desc="Finding the model's context direction (once per model)")
-    events = MANAGER.stream(base.model, lambda model, should_stop: knob_curve(
-        model, base, values_wanted, should_stop, int(count)))
+    events = MANAGER.stream(base.model, model_job(knob_curve, base, values_wanted, limit=int(count)))
     with said_to_user():
         for row in events:
             rows.append(row)

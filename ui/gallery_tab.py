@@ -8,6 +8,7 @@ from functools import partial
 import gradio as gr
 
 from engines.config.policy import limits
+from engines.model.jobs import model_job
 from engines.model.loading import MANAGER
 from services.gallery import Card, card_named, cards, result_sentence, run_card
 from ui.figures import card_figures
@@ -43,7 +44,7 @@ def live(name: str, *values, progress=gr.Progress()):
         stored = card.stored()
         clock = Clock(progress, 1, stored["seconds"] if stored and stored["device"] == loaded.device else None)
         step = None
-        for step in MANAGER.stream(base.model, lambda model, stop: run_card(card, model, base, stop)):
+        for step in MANAGER.stream(base.model, model_job(run_card, card, base), seconds=clock.estimate):
             clock.total = step.total
             clock.step(step.done)
             yield ["Running live...", *card_figures(card.study, step.data)]

@@ -11,6 +11,7 @@ import gradio as gr
 from engines.attention.function import AttentionCapture
 from engines.attention.views import capture_views, layer_labels, question_positions, top_heads
 from engines.config.kinds import entries
+from engines.model.jobs import model_job
 from engines.model.loading import MANAGER
 from engines.probes.haystack import HaystackError, read_upload
 from engines.probes.runner import SCORE_MODES, masking_effect, max_prompt_tokens, run_probe
@@ -136,8 +137,7 @@ def run(tab: HaystackTab, task, length, depth, seed, haystack, params, upload, m
         if capture_wanted else None
     log_to, session_id, state = session_for(tab.store, state)
     flow = run_logged(
-        run_config.model, lambda model, should_stop: run_probe(model, instance, mode, run_config, should_stop,
-                                                               capture=capture),
+        run_config.model, model_job(run_probe, instance, mode, run_config, capture=capture),
         (lambda: capture_views(capture, instance, layer_labels(loaded.model.config))) if capture else None,
         lambda outcome, extra: log_probe(log_to, session_id, run_config, loaded, outcome, extra=extra))
     with said_to_user():
@@ -169,8 +169,8 @@ def mask_heads(tab: HaystackTab, task, length, depth, seed, haystack, params, up
                                                instance.max_new_tokens))  # a generation and a scoring pass each
     rows = []
     with said_to_user():
-        for row in MANAGER.stream(run_config.model, lambda model, should_stop: masking_effect(
-                model, instance, run_config, top, int(heads_seed or 0), should_stop)):
+        for row in MANAGER.stream(run_config.model, model_job(masking_effect, instance, run_config, top,
+                                                              int(heads_seed or 0)), seconds=clock.estimate):
             rows.append(row)
             clock.step(len(rows), "settings")
             yield masking_rows(rows), state

@@ -9,6 +9,7 @@ import gradio as gr
 from engines.attention.function import AttentionCapture
 from engines.attention.views import context_profile, layer_position, question_positions, stacked
 from engines.decoding.generation import GenerationResult, format_prompt
+from engines.model.jobs import model_job
 from engines.probes.runner import check_prompt_length, run_free
 from services.run_flow import run_logged
 from services.run_log import log_generation, session_for
@@ -62,7 +63,7 @@ def probe(tab: ProbeTab, context, question, capture_wanted, state, *values, prog
         if capture_wanted else None
     log_to, session_id, state = session_for(tab.store, state)
     flow = run_logged(
-        run_config.model, lambda model, should_stop: run_free(model, prompt, run_config, should_stop, capture),
+        run_config.model, model_job(run_free, prompt, run_config, capture=capture),
         (lambda: free_views(capture)) if capture else None,
         lambda result, extra: log_generation(log_to, session_id, "probe", run_config, loaded,
                                              {"context": context, "question": question}, result, extra))

@@ -21,8 +21,7 @@ def seconds_for(loaded: LoadedModel, config: RunConfig, prompts: list[int], new_
     `new_tokens` decode steps."""
     key = json.dumps([config.model.to_dict(), loaded.device, config.rope.to_dict(), config.mask.to_dict()])
     if key not in _SPEEDS:
-        with MANAGER.lock:
-            _SPEEDS[key] = calibrate(loaded, config)
+        _SPEEDS[key] = MANAGER.run(config.model, calibrate, config)
     speed = _SPEEDS[key]
     return sum(speed.prefill(0, tokens) + speed.decode * new_tokens for tokens in prompts)
 

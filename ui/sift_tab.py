@@ -8,6 +8,7 @@ from functools import partial
 import gradio as gr
 
 from engines.config.policy import limits
+from engines.model.jobs import model_job
 from engines.model.loading import MANAGER
 from engines.probes.runner import check_prompt_length
 from engines.studies.sift import (
@@ -90,8 +91,8 @@ def sift(tab: SiftTab, context, question, budget, attention_wanted, state, *valu
     stages: list[dict] = []
     # a run makes MAX_CALLS model calls at most and 4 when the first Sticker's answers agree
     clock = Clock(progress, MAX_CALLS, seconds_for(loaded, run_config, [query_tokens + 200] * 4, int(budget)))
-    events = MANAGER.stream(run_config.model, lambda model, should_stop: run_sift(
-        model, query, run_config, int(budget), should_stop))
+    events = MANAGER.stream(run_config.model, model_job(run_sift, query, run_config, int(budget)),
+                            seconds=clock.estimate)
     result = None
     with said_to_user():
         for item in events:
@@ -106,8 +107,8 @@ def sift(tab: SiftTab, context, question, budget, attention_wanted, state, *valu
         return
     attention = None
     if attention_wanted and latest_sticker(stages):
-        with said_to_user(), MANAGER.lock:
-            attention = sticker_attention(loaded, run_config, query, latest_sticker(stages))
+        with said_to_user():
+            attention = MANAGER.run(run_config.model, sticker_attention, run_config, query, latest_sticker(stages))
     outputs = result.to_dict() | ({"sticker_attention": attention} if attention else {})
     run_id, state = log(tab.store, state, "sift", run_config,
                         {"context": context, "question": question, "budget": int(budget)}, outputs)
@@ -137,8 +138,7 @@ def benchmark(tab: SiftTab, count, budget, state, *values, progress=gr.Progress(
         limits().check_calls(int(count) * MAX_CALLS, int(budget))
     loaded_model(run_config, progress)
     total, rows = int(count), []
-    events = MANAGER.stream(run_config.model, lambda model, should_stop: run_benchmark(
-        model, run_config, total, int(budget), should_stop))
+    events = MANAGER.stream(run_config.model, model_job(run_benchmark, run_config, total, int(budget)))
     with said_to_user():
         for row in events:
             rows.append(row)

@@ -16,6 +16,7 @@ from engines.config.kinds import entries
 from engines.config.policy import limits
 from engines.config.specs import DTYPES, EMBEDDED_MODEL, EMBEDDED_MODELS, QUANTS, DecodingSpec, ModelSpec, RunConfig, SpecError
 from engines.decoding.generation import encode
+from engines.model.jobs import model_job
 from engines.model.loading import MANAGER
 from engines.probes.haystack import HaystackError, read_upload
 from engines.probes.runner import SCORE_MODES, ProbeOutcome, run_probe
@@ -251,8 +252,8 @@ def cell_attention(store: Store | None, cell: dict | None, progress=gr.Progress(
         capture = AttentionCapture(question_positions(loaded.tokenizer, instance.prompt, instance.question))
         clock = Clock(progress, instance.max_new_tokens,
                       seconds_for(loaded, run_config, [instance.prompt_tokens], instance.max_new_tokens))
-        for event in MANAGER.stream(run_config.model, lambda model, should_stop: run_probe(
-                model, instance, run_record["inputs"]["mode"], run_config, should_stop, capture=capture)):
+        job = model_job(run_probe, instance, run_record["inputs"]["mode"], run_config, capture=capture)
+        for event in MANAGER.stream(run_config.model, job, seconds=clock.estimate):
             if isinstance(event, ProbeOutcome):
                 outcome = event
             else:

@@ -131,6 +131,17 @@ def token_nll(model, ids: torch.Tensor, rope: RopeSpec, mask: MaskSpec, chunk: i
     return losses
 
 
+def nll_curves(loaded, ids: torch.Tensor, settings: list[tuple[str, RopeSpec, MaskSpec]],
+               should_stop=lambda: False) -> Iterator[dict[str, list[float]]]:
+    """`token_nll` of `ids` [1, n] (on the CPU) under each (label, RoPE, mask) setting in turn: the curves so far."""
+    curves = {}
+    for label, rope, mask in settings:
+        if should_stop():
+            return
+        curves[label] = token_nll(loaded.model, ids.to(loaded.device), rope, mask)
+        yield curves
+
+
 def _steering_hooks(layer_module, layer: int, vector: torch.Tensor, first: int) -> list:
     """Hooks that add `vector` to the layer's output at every position from `first` on; a position is
     the number of tokens the cache held before this call plus its index in the call."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -30,9 +30,9 @@ from engines.attention.function import use_lab_attention
 from engines.config.errors import ModelError
 from engines.config.paths import fetch_wheel, lab_home
 from engines.config.specs import EMBEDDED_MODEL, SECOND_EMBEDDED_MODEL, ModelSpec
+from engines.model.jobs import ModelJob, call_seconds, gpu_call, model_job, on_zero_gpu, returned
 
 Progress = Callable[[float, str], None]
-T = TypeVar("T")
 
 LAB_VERSION = "0.1.0"
 
@@ -349,9 +349,10 @@ class ModelManager:
                 raise
             return self._loaded
 
-    def stream(self, spec: ModelSpec, produce: Callable[[LoadedModel, Callable[[], bool]], Iterator[T]],
-               progress: Progress = no_progress) -> Iterator[T]:
-        """Run `produce(loaded, should_stop)` in a worker thread that holds the model lock.
+    def stream(self, spec: ModelSpec, job: ModelJob, progress: Progress = no_progress,
+               seconds: float | None = None) -> Iterator:
+        """Run `job` in a worker thread that holds the model lock (on ZeroGPU, the thread runs it in a GPU call
+        asking for `seconds`, the job's estimate; see engines.model.jobs).
 
         Items are handed over as they come, so one job uses the model at a time while the caller
         (a UI generator) stays free; closing the returned iterator asks the worker to stop, which
@@ -364,7 +365,8 @@ class ModelManager:
 
         def work():
             try:
-                with self.lock, closing(produce(loaded, stop.is_set)) as produced:
+                produce = gpu_call(spec, job, call_seconds(seconds)) if on_zero_gpu() else job.run(loaded, stop.is_set)
+                with self.lock, closing(produce) as produced:
                     for item in produced:  # closing ends the job's run state at once, also on cancel
                         items.put(item)
                         if stop.is_set():
@@ -382,6 +384,11 @@ class ModelManager:
                 yield item
         finally:
             stop.set()
+
+    def run(self, spec: ModelSpec, function: Callable, *args, seconds: float | None = None, **kwargs) -> Any:
+        """function(loaded, *args, **kwargs) run as a job (in a GPU call on ZeroGPU); its value."""
+        *_, value = self.stream(spec, model_job(returned, function, *args, **kwargs), seconds=seconds)
+        return value
 
     def unload(self) -> None:
         with self.lock:

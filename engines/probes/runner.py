@@ -222,6 +222,18 @@ def run_free(loaded: LoadedModel, prompt: str, config: RunConfig,
         yield from decoded(loaded, prompt, config, should_stop, plain_prompt=plain_prompt)
 
 
+def run_each(loaded: LoadedModel, configs: list[RunConfig], instance: ProbeInstance | None, prompt: str,
+             plain_prompt: str | None, should_stop: Callable[[], bool] = lambda: False,
+             ) -> Iterator[tuple[int, TokenEvent | GenerationResult | ProbeOutcome]]:
+    """One prompt under each config in turn (methods side by side): (config number, item) pairs, the items of
+    `run_probe` when the prompt is a task's `instance`, else of `run_free`."""
+    for number, config in enumerate(configs):
+        items = (run_probe(loaded, instance, "generate", config, should_stop) if instance else
+                 run_free(loaded, prompt, config, should_stop, plain_prompt=plain_prompt))
+        for item in items:
+            yield number, item
+
+
 @torch.inference_mode()
 def full_head_map(loaded: LoadedModel, prompt: str, config: RunConfig, layer: int, head: int,
                   spans: list[dict] | None = None, side: int = 512) -> dict:

@@ -193,7 +193,7 @@ def test_a_gallery_card(embedded):
     card = Card(name="toy-window", title="A toy", paper="none", claim="none", study="grid", tab="Sweep", differs="",
                 settings={"task": "passkey", "lengths": [400], "depths": [0, 100], "seeds": [3],
                           "variants": [{"label": "default"}, {"label": "yarn x2", "rope": "yarn:2"}]})
-    step = last(run_card(card, embedded, RunConfig()))
+    step = last(run_card(embedded, card, RunConfig()))
     assert step.done == step.total == 4 and len(card_figures(card.study, step.data)) == 1
     for row in step.data["rows"]:
         rope = RopeSpec.parse("yarn:2" if row["variant"] == "yarn x2" else "default")

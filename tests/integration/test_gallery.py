@@ -89,4 +89,4 @@ def test_the_architectures_card_loads_only_models_the_space_serves(embedded, mon
     monkeypatch.setenv("CONTEXT_LAB_PUBLIC", "1")
     monkeypatch.delenv("CONTEXT_LAB_MODELS", raising=False)
     with pytest.raises(SpecError, match="This Space serves only smollm2-135m-instruct"):
-        next(run_card(card_named("architectures"), embedded, RunConfig()))
+        next(run_card(embedded, card_named("architectures"), RunConfig()))

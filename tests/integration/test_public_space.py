@@ -1,4 +1,4 @@
-"""The lab served as a public Space (`python app.py` with CONTEXT_LAB_PUBLIC=1, in its own process
+"""The lab served as a public Space (`python app.py` with SPACE_ID set, as a Space sets it, in its own process
 under an address-space limit), probed by two gradio_client clients: isolation on every endpoint,
 explicit sharing, every cap refused on its count with the server's memory flat, the queue limit,
 and messages that stay text."""
@@ -41,9 +41,10 @@ def _limited():
 def space(tmp_path_factory):
     """(url, pid) of a public-mode lab; the run log is its own SQLite file."""
     port, data = _free_port(), tmp_path_factory.mktemp("space")
-    env = os.environ | {"CONTEXT_LAB_PUBLIC": "1", "CONTEXT_LAB_DATA": str(data), "GRADIO_SERVER_PORT": str(port),
+    env = os.environ | {"SPACE_ID": "context-lab/test-space", "CONTEXT_LAB_DATA": str(data), "GRADIO_SERVER_PORT": str(port),
                         "CONTEXT_LAB_MAX_QUEUED_JOBS": "2", "GRADIO_ANALYTICS_ENABLED": "False"}
     env.pop("CONTEXT_LAB_DATABASE_URL", None)
+    env.pop("CONTEXT_LAB_PUBLIC", None)  # SPACE_ID alone makes it public
     server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, preexec_fn=_limited,
                               stdout=open(data / "server.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

@@ -1,16 +1,25 @@
-"""Ready for a GPU and a Space: `check-space` on this checkout and on a broken copy of it, and `bench.gpu --smoke`
+"""Ready for a GPU and a Space: `check-space` on this checkout and on a broken copy of it; `bench.gpu --smoke`
 (the GPU benchmark's whole path, on the CPU: random-weight model saved and loaded through the lab's loader in
-bf16, 8-bit and nf4, decoding on a static cache through a compiled forward)."""
+bf16, 8-bit and nf4, decoding on a static cache through a compiled forward); and a model job run the way a
+ZeroGPU Space runs it, in a process forked from the lab's, its arguments and items pickled across."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from engines.attention.function import AttentionCapture
+from engines.attention.views import question_positions
+from engines.config.specs import RunConfig
+from engines.model.jobs import gpu_call, model_job
+from engines.probes.runner import run_probe
+from engines.probes.tasks import ProbeSpec, build_probe
 from services.space_check import check_space
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,3 +73,62 @@ def test_the_gpu_benchmark_runs_its_whole_path_on_the_cpu():
     assert found["sweep_answers_agree"]
     assert found["capture"]["held_mb"] * 2**20 == 32 * 1024 * 8 * 4 * 4  # rows x keys x heads x layers x fp32
     assert set(found["prefill_tokens_per_s"]) == {"256", "1024"} and found["decode_bound_tokens_per_s"] > 0
+
+
+def forking_gpu(duration):
+    """A stand-in for spaces.GPU without a GPU: like ZeroGPU's, it runs the function in a process forked from this
+    one and sends the arguments and every item across pickled (tensors by shared memory, so the worker lives
+    until the last item is read); closing the call ends the worker."""
+    def decorate(function):
+        def call(*args):
+            assert duration(*args) == args[-1]
+            context = multiprocessing.get_context("fork")
+            arguments, results, read = context.Queue(), context.Queue(), context.Event()
+
+            def worker():
+                torch.set_num_threads(1)  # on a CPU: OpenMP's threads do not survive a fork, and would hang
+                try:
+                    for item in function(*arguments.get()):
+                        results.put(("item", item))
+                    results.put(("end", None))
+                except Exception as exc:
+                    results.put(("error", repr(exc)))
+                read.wait(60)
+
+            process = context.Process(target=worker, daemon=True)
+            process.start()
+            arguments.put(args)
+            try:
+                while (result := results.get(timeout=300))[0] == "item":
+                    yield result[1]
+                assert result[0] == "end", result[1]
+            finally:
+                read.set()
+                process.join(10)
+                process.kill()
+        return call
+    return decorate
+
+
+def test_a_job_takes_only_functions_that_pickle():
+    with pytest.raises(TypeError, match="module level"):
+        model_job(lambda loaded, should_stop: iter(()))
+
+
+@pytest.mark.model
+def test_a_job_in_a_forked_gpu_worker_answers_and_brings_its_capture_back(embedded):
+    instance = build_probe(embedded.tokenizer, ProbeSpec("passkey", 400, 50, 1))
+    positions = question_positions(embedded.tokenizer, instance.prompt, instance.question)
+    here, there = AttentionCapture(positions), AttentionCapture(positions)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the worker, so that both sum in the same order
+    try:
+        *_, local = run_probe(embedded, instance, "generate", RunConfig(), capture=here)
+    finally:
+        torch.set_num_threads(threads)
+    items = list(gpu_call(embedded.spec, model_job(run_probe, instance, "generate", RunConfig(), capture=there), 30,
+                          gpu=forking_gpu))
+    assert [e.token_id for e in items[-1].generation.tokens] == [e.token_id for e in local.generation.tokens]
+    assert [e.token_id for e in items[:-1]] == [e.token_id for e in local.generation.tokens]
+    assert sorted(there.prompt) == sorted(here.prompt) and len(there.steps) == len(here.steps) > 0
+    assert all(torch.equal(there.prompt[layer], here.prompt[layer]) for layer in here.prompt)

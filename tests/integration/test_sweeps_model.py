@@ -47,6 +47,18 @@ def test_two_by_two_sweep_saves_every_cell_and_a_summary(embedded, tmp_path):
     assert all(r["correct"] for r in rows)  # a short passkey grid is found everywhere
 
 
+def test_a_sweep_over_time_limited_gpu_calls_runs_every_cell_once(embedded, monkeypatch):
+    """Where one GPU call may run only so long (ZeroGPU), the cells go over several calls, with the answers of
+    one call."""
+    whole = open_job(None, "", RunConfig(), SPEC)
+    answers = {r["key"]: r["answer"] for r in run_job(whole, None)}
+    monkeypatch.setenv("CONTEXT_LAB_GPU_CALL_SECONDS", "0.01")  # every cell takes longer: one cell per call
+    split = open_job(None, "", RunConfig(), SPEC)
+    rows = list(run_job(split, None))
+    assert whole.calls == 1 and split.calls == 4 and split.status == "done"
+    assert {r["key"]: r["answer"] for r in rows} == answers
+
+
 def test_interrupted_sweep_resumes_without_running_a_cell_twice(embedded, tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'lab.sqlite'}")
     job = open_job(store, store.new_session(), RunConfig(), SPEC)
