@@ -89,12 +89,13 @@ def test_one_users_cancel_leaves_the_other_job_running(served_app):
 
 OUT_OF_MEMORY_SCRIPT = """
 import os, resource, sys
+from engines.model.jobs import model_job
 from engines.model.loading import MANAGER, ModelError
 from engines.probes.runner import run_probe
 from engines.config.specs import ModelSpec, RunConfig
 from engines.probes.tasks import ProbeSpec, build_probe
 loaded = MANAGER.get(ModelSpec())
-job = lambda instance: lambda model, stop: run_probe(model, instance, "generate", RunConfig(max_new_tokens=16), stop)
+job = lambda instance: model_job(run_probe, instance, "generate", RunConfig(max_new_tokens=16))
 long_one = build_probe(loaded.tokenizer, ProbeSpec("passkey", 6000, 50, 1))
 size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
 resource.setrlimit(resource.RLIMIT_AS, (size + 150 * 2**20, resource.RLIM_INFINITY))  # 150 MB more, no further
