@@ -78,6 +78,10 @@ def preload_default_model() -> None:
 
 
 def serve() -> None:
+    from engines.model.jobs import on_zero_gpu
+
+    if on_zero_gpu():
+        import spaces  # noqa: F401  (it patches torch for ZeroGPU, so it comes before anything imports torch)
     from storage.db import StorageError, Store
 
     try:

@@ -112,6 +112,9 @@ def loaded_model(config: RunConfig, progress: gr.Progress):
         raise Refusal(str(exc)) from exc
 
 
+STEPS = {"compiled": "static cache, compiled step", "static": "static cache", "dynamic": "growing cache"}
+
+
 def describe_loaded() -> str:
     loaded = MANAGER.loaded
     if loaded is None:
@@ -121,6 +124,9 @@ def describe_loaded() -> str:
             f"quantization **{info['quant']}** | {info['layers']} layers x {info['heads']} heads, "
             f"{info['max_positions']} positions, {info['layer_kinds']} | load {info['load_seconds']} s | "
             f"memory {info['footprint_mb']} MB"
+            + (f" | last run: prefill {speed['prefill_tokens_per_s']} tokens/s over {speed['computed_tokens']} tokens, "
+               f"decode {speed['decode_tokens_per_s']} tokens/s ({STEPS[speed['steps']]})"
+               if (speed := info["last_speed"]) else "")
             + ("" if info["chat_template"] else " | a base model: no chat template, prompts are raw text")
             + (f"\n\n{info['notice']}" if info["notice"] else ""))
 

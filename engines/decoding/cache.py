@@ -8,11 +8,14 @@ On a GPU a decoding step is mostly launch overhead, so there the steps after the
 cache of fixed size through a compiled forward (CUDA graphs): `StaticSteps`."""
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
+
+log = logging.getLogger("context_lab")
 
 
 class GrowingLayer(DynamicLayer):
@@ -80,11 +83,22 @@ class StaticSteps:
         self.cache = Cache(layers=[StaticLayer(max_cache_len=capacity) for _ in cache.layers])
         for static, layer in zip(self.cache.layers, cache.layers):
             static.update(layer.keys, layer.values)
+        self.model = model
         self.forward = compiled_forward(model) if compiled else model.forward
 
     def __call__(self, token: torch.Tensor):
-        """The model's outputs for one token [1, 1] after everything the cache holds."""
-        return self.forward(input_ids=token, cache=self.cache, use_cache=True, logits_to_keep=1)
+        """The model's outputs for one token [1, 1] after everything the cache holds. A model that does not compile
+        (a layer torch.compile cannot trace) decodes uncompiled from then on, with a warning in the log; compiling
+        fails before the step runs, so the cache is as it was."""
+        try:
+            return self.forward(input_ids=token, cache=self.cache, use_cache=True, logits_to_keep=1)
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            if self.forward is self.model.forward:
+                raise
+            log.warning("The decoding step of %s did not compile (%s); it runs uncompiled.",
+                        type(self.model).__name__, str(exc).splitlines()[0][:200])
+            self.forward = self.model._lab_compiled_forward = self.model.forward
+            return self.forward(input_ids=token, cache=self.cache, use_cache=True, logits_to_keep=1)
 
 
 def compiled_forward(model):

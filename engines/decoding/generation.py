@@ -212,7 +212,7 @@ def stream_tokens(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: 
     started = time.perf_counter()
     next_input = input_ids[:, reused:].to(loaded.device)
     position_ids = None if positions is None else positions[None, reused:].to(loaded.device)
-    so_far, steps = list(ids), None
+    so_far, steps, times = list(ids), None, []
     try:
         for index in range(max_new_tokens):
             if should_stop():
@@ -228,6 +228,7 @@ def stream_tokens(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: 
             if token_id in eos:
                 return
             so_far.append(token_id)
+            times.append(time.perf_counter())
             yield event_from_logits(tokenizer, shown, token_id, index, delta.add(token_id), started, extra)
             next_input = torch.tensor([[token_id]], device=loaded.device)
             if positions is not None:
@@ -238,6 +239,10 @@ def stream_tokens(loaded: LoadedModel, input_ids: torch.Tensor, max_new_tokens: 
     finally:
         if prefix.cache is cache:
             prefix.keep(len(ids))
+        if len(times) > 1:
+            loaded.last_speed = {"computed_tokens": len(ids) - reused, "steps": steps_mode if static else "dynamic",
+                                 "prefill_tokens_per_s": round((len(ids) - reused) / (times[0] - started)),
+                                 "decode_tokens_per_s": round((len(times) - 1) / (times[-1] - times[0]), 1)}
 
 
 def generate(loaded: LoadedModel, prompt: str, max_new_tokens: int,

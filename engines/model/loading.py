@@ -221,6 +221,7 @@ class LoadedModel:
     source: str
     load_seconds: float
     footprint_bytes: int
+    last_speed: dict | None = None  # the pace of the last decoding run (engines.decoding.generation)
 
     @property
     def dtype_name(self) -> str:
@@ -250,7 +251,8 @@ class LoadedModel:
                 "max_positions": getattr(self.model.config, "max_position_embeddings", None),
                 "layer_kinds": layer_kinds(self.model.config),
                 "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
-                "notice": EMBEDDED[self.spec.model].notice if self.spec.model in EMBEDDED else ""}
+                "notice": EMBEDDED[self.spec.model].notice if self.spec.model in EMBEDDED else "",
+                "last_speed": self.last_speed}
 
 
 def layer_kinds(config) -> str:
@@ -266,6 +268,34 @@ def layer_kinds(config) -> str:
     return f"{local} local layers (sliding window of {window}), {len(types) - local} global"
 
 
+def weight_bytes(source: Path, quant: str, dtype: torch.dtype) -> int:
+    """About how much memory the weights in `source` take once loaded: their element counts, read from the
+    safetensors headers (no tensor is read), at `dtype`'s size, except the matrices bitsandbytes quantizes (every
+    2-D weight but the embeddings and the output layer) at one byte (8-bit) or about half a byte (4-bit)."""
+    from safetensors import safe_open
+
+    element = torch.finfo(dtype).bits // 8
+    per_matrix_element = {"none": element, "8bit": 1.0, "4bit": 0.53}[quant]
+    total = 0.0
+    for path in sorted(Path(source).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as weights:
+            for name in weights.keys():
+                shape = weights.get_slice(name).get_shape()
+                count = int(torch.tensor(shape).prod()) if shape else 1
+                quantized = len(shape) == 2 and not any(part in name for part in ("embed", "lm_head"))
+                total += count * (per_matrix_element if quantized else element)
+    return int(total)
+
+
+def check_fits(spec: ModelSpec, needed: int, free: int, device: str) -> None:
+    """A sentence instead of an out-of-memory crash halfway through loading."""
+    if needed > free:
+        advice = ("choose 8-bit or 4-bit quantization, or a smaller model" if spec.quant == "none" else
+                  "choose 4-bit quantization, or a smaller model" if spec.quant == "8bit" else "choose a smaller model")
+        raise ModelError(f"'{spec.model}' needs about {needed / 2**30:.1f} GB for its weights ({spec.quant} quantization) "
+                         f"and the {device} has {free / 2**30:.1f} GB free: {advice}.")
+
+
 def load_model(spec: ModelSpec, progress: Progress = no_progress, source: Path | None = None) -> LoadedModel:
     """Load `spec` from `source` (resolved from spec.model when not given)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -275,6 +305,8 @@ def load_model(spec: ModelSpec, progress: Progress = no_progress, source: Path |
     if spec.quant != "none" and dtype == torch.float16 and device == "cpu":
         raise ModelError("fp16 with bitsandbytes on the CPU is not supported; choose bf16 or fp32.")
     source = source or resolve_source(spec.model, progress)
+    if device == "cuda":
+        check_fits(spec, weight_bytes(source, spec.quant, dtype), torch.cuda.mem_get_info()[0], "GPU")
     progress(0.9, f"Loading weights ({reason}, quantization {spec.quant})")
     started = time.perf_counter()
     try:
@@ -284,6 +316,10 @@ def load_model(spec: ModelSpec, progress: Progress = no_progress, source: Path |
             quantization_config=_quantization_config(spec, dtype))
     except (OSError, ValueError, ImportError) as exc:
         raise ModelError(f"Could not load '{spec.model}' from {source}: {exc}".strip()[:600]) from exc
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory(exc) from exc
+        raise
     if getattr(getattr(model, "model", None), "rotary_emb", None) is None:
         raise ModelError(f"'{spec.model}' is a {type(model).__name__}, which has no rotary position embedding where "
                          "the lab expects it (model.model.rotary_emb); the lab runs decoder models with RoPE, such as "

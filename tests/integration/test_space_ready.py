@@ -132,3 +132,29 @@ def test_a_job_in_a_forked_gpu_worker_answers_and_brings_its_capture_back(embedd
     assert [e.token_id for e in items[:-1]] == [e.token_id for e in local.generation.tokens]
     assert sorted(there.prompt) == sorted(here.prompt) and len(there.steps) == len(here.steps) > 0
     assert all(torch.equal(there.prompt[layer], here.prompt[layer]) for layer in here.prompt)
+
+
+@pytest.mark.parametrize("quant", ["none", "8bit", "4bit"])
+def test_the_weights_size_is_known_before_loading(tmp_path, quant):
+    """The estimate from the safetensors headers that decides whether a model fits the GPU, against the footprint
+    the model has once loaded; a model that does not fit gets a sentence."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bench.gpu import tokenizer_dir
+    from engines.config.errors import ModelError
+    from engines.config.specs import ModelSpec
+    from engines.model.loading import MANAGER, check_fits, weight_bytes
+
+    config = LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    tokenizer_dir(tmp_path)
+    spec = ModelSpec(model=str(tmp_path), quant=quant, dtype="bf16")
+    estimate = weight_bytes(tmp_path, quant, torch.bfloat16)
+    loaded = MANAGER.get(spec)
+    try:
+        assert abs(estimate - loaded.footprint_bytes) < 0.1 * loaded.footprint_bytes, (estimate, loaded.footprint_bytes)
+    finally:
+        MANAGER.unload()
+    with pytest.raises(ModelError, match=r"needs about .* GB for its weights .* and the GPU has 0.0 GB free: choose"):
+        check_fits(spec, estimate, estimate // 2, "GPU")
