@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
+import math
 import queue
 import shutil
 import sys
@@ -281,7 +282,7 @@ def weight_bytes(source: Path, quant: str, dtype: torch.dtype) -> int:
         with safe_open(str(path), framework="pt") as weights:
             for name in weights.keys():
                 shape = weights.get_slice(name).get_shape()
-                count = int(torch.tensor(shape).prod()) if shape else 1
+                count = math.prod(shape)
                 quantized = len(shape) == 2 and not any(part in name for part in ("embed", "lm_head"))
                 total += count * (per_matrix_element if quantized else element)
     return int(total)
