@@ -73,14 +73,25 @@ def static_capacity(needed: int) -> int:
     return max(1024, 1 << (needed - 1).bit_length())
 
 
+def static_cache(model, capacity: int, layers: int) -> Cache:
+    """The model's static cache of `capacity` positions, emptied. One is kept per model, so that its tensors keep
+    their addresses from one prompt to the next and the compiled step's CUDA graph is replayed, not recorded
+    again; a prompt that needs another size replaces it."""
+    held = getattr(model, "_lab_static_cache", None)
+    if held is None or held.layers[0].max_cache_len != capacity:
+        held = model._lab_static_cache = Cache(layers=[StaticLayer(max_cache_len=capacity) for _ in range(layers)])
+    else:
+        held.reset()
+    return held
+
+
 class StaticSteps:
-    """One-token steps after a prompt: the prompt's keys and values copied from `cache` into static layers
-    with room for `extra` tokens more, every layer full (a sliding window is kept by the model's mask, as
+    """One-token steps after a prompt: the prompt's keys and values copied from `cache` into the model's static
+    cache with room for `extra` tokens more, every layer full (a sliding window is kept by the model's mask, as
     with the growing cache), and the model's forward compiled once per model and cache size."""
 
     def __init__(self, model, cache: DynamicCache, extra: int, compiled: bool):
-        capacity = static_capacity(cache.get_seq_length() + extra)
-        self.cache = Cache(layers=[StaticLayer(max_cache_len=capacity) for _ in cache.layers])
+        self.cache = static_cache(model, static_capacity(cache.get_seq_length() + extra), len(cache.layers))
         for static, layer in zip(self.cache.layers, cache.layers):
             static.update(layer.keys, layer.values)
         self.model = model
