@@ -20,6 +20,7 @@ import psutil
 import torch
 
 from bench.decode import _never_stop as never_stop
+from bench.prefill import best_seconds
 from bench.sweep import compare
 from engines.attention.function import AttentionCapture
 from engines.config.kinds import entries, lookup
@@ -79,19 +80,15 @@ def empty_cache(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def synchronized(device: str) -> float:
+def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter()
 
 
-def best_seconds(run, device: str, repeats: int = 2) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        started = synchronized(device)
-        run()
-        best = min(best, synchronized(device) - started)
-    return best
+def device_seconds(run, device: str, repeats: int = 2) -> float:
+    """bench.prefill's best time of `run`, each timing ending when the device has finished its work."""
+    synchronize(device)
+    return best_seconds(lambda: (run(), synchronize(device)), repeats)
 
 
 def bandwidth_bytes_per_s(device: str, megabytes: int) -> float:
@@ -99,7 +96,7 @@ def bandwidth_bytes_per_s(device: str, megabytes: int) -> float:
     source = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)
     target = torch.empty_like(source)
     target.copy_(source)
-    return 2 * source.numel() / best_seconds(lambda: target.copy_(source), device, repeats=5)
+    return 2 * source.numel() / device_seconds(lambda: target.copy_(source), device, repeats=5)
 
 
 def random_ids(length: int) -> torch.Tensor:
@@ -112,7 +109,7 @@ def prefill_seconds(loaded, length: int, implementation: str) -> float:
     model.set_attn_implementation(implementation)
     try:
         with torch.inference_mode():
-            return best_seconds(lambda: model(input_ids=ids, logits_to_keep=1), loaded.device)
+            return device_seconds(lambda: model(input_ids=ids, logits_to_keep=1), loaded.device)
     finally:
         model.set_attn_implementation("lab_sdpa")
 
